@@ -1,0 +1,3 @@
+from orgsyncd.cli import main
+
+main()

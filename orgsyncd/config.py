@@ -1,0 +1,242 @@
+"""Typed settings: a TOML file, overridden by ``ORGSYNCD_<SECTION>__<KEY>`` environment variables.
+
+Built once at the edge (CLI / daemon start) and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from orgsyncd.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/orgsyncd/orgsyncd.toml")
+DEFAULT_DATA_DIR = Path("./var/orgsyncd")
+DEMO_LICENSE = "default_license_learning_proalllanguages"
+
+_TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_LICENSE_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,120}$")
+_CRON_FIELDS = 5
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonConfig(_Section):
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = None
+    timezone: str = "UTC"
+    hourly_cron: str = "0 * * * *"
+    daily_cron: str = "0 2 * * *"
+    daily_threshold_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
+    retention_days: int = Field(default=90, ge=1)
+    rescan_interval_s: float = Field(default=30.0, gt=0)
+    misfire_grace_s: int = Field(default=3600, ge=1)
+    instance_name: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("hourly_cron", "daily_cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != _CRON_FIELDS:
+            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour dom mon dow)")
+        return value
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'orgsyncd.db'}"
+
+
+class SftpConfig(_Section):
+    listen: str = "127.0.0.1:2222"
+    host_key: Path | None = None
+    max_file_bytes: int = Field(default=2 * 1024**3, gt=0)
+    login_timeout_s: float = Field(default=30.0, gt=0)
+    idle_timeout_s: float = Field(default=600.0, gt=0)
+    max_auth_failures_per_ip: int = Field(default=10, ge=1)
+    ban_s: float = Field(default=900.0, ge=0)
+    max_sessions_per_tenant: int = Field(default=8, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    listen: str = "127.0.0.1:9464"
+
+
+class TenantConfig(_Section):
+    authorized_keys: Path | None = None
+    password_hash: str | None = None
+    sync_mode: Literal["delta", "full"] = "delta"
+    cadence: Literal["hourly", "daily"] = "hourly"
+    licenses: dict[str, int] = Field(default_factory=dict)
+    default_license: str | None = None
+    inactive_group: str | None = None
+    max_deactivation_ratio: float = Field(default=0.10, ge=0, le=1)
+    max_deactivations: int | None = Field(default=None, ge=0)
+    strict_headers: bool = False
+    blank_means: Literal["unchanged", "clear", "error"] = "unchanged"
+
+    @field_validator("licenses")
+    @classmethod
+    def _license_names(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, seats in value.items():
+            if not _LICENSE_NAME.match(name):
+                raise ValueError(f"license type {name!r}: use lower-case letters, digits and _")
+            if seats < 0:
+                raise ValueError(f"license type {name!r}: seats must be >= 0 (0 = unlimited)")
+        return value
+
+    @model_validator(mode="after")
+    def _default_license_known(self) -> TenantConfig:
+        if self.default_license is None and len(self.licenses) == 1:
+            object.__setattr__(self, "default_license", next(iter(self.licenses)))
+        if self.default_license is not None and self.default_license not in self.licenses:
+            raise ValueError(
+                f"default_license {self.default_license!r} is not one of licenses "
+                f"({', '.join(sorted(self.licenses)) or 'none configured'})"
+            )
+        return self
+
+    @property
+    def license_types(self) -> list[str]:
+        return sorted(self.licenses)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ORGSYNCD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    sftp: SftpConfig = Field(default_factory=SftpConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    source: str = Field(default="built-in defaults", exclude=True)
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
+        for name in value:
+            if not _TENANT_NAME.match(name):
+                raise ValueError(
+                    f"tenant name {name!r}: use 1-63 lower-case letters, digits, '-' or '_' "
+                    "(it is the SFTP login and a directory name)"
+                )
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file, which is handed in as init data.
+        return (env_settings, init_settings)
+
+    def tenant(self, name: str) -> TenantConfig:
+        try:
+            return self.tenants[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tenants)) or "none"
+            raise ConfigError(f"unknown tenant {name!r} (configured: {known})") from None
+
+
+def demo_defaults() -> dict[str, Any]:
+    """What a newcomer gets with no config at all: SQLite under ./var/orgsyncd and a demo tenant."""
+    return {
+        "tenants": {
+            "demo": {
+                "licenses": {DEMO_LICENSE: 100},
+                "default_license": DEMO_LICENSE,
+                "inactive_group": "Inactive Learners",
+            }
+        }
+    }
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get("ORGSYNCD_CONFIG")
+    if from_env:
+        return Path(from_env)
+    if DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    return None
+
+
+def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
+    """Read, merge and validate the configuration once; raise ConfigError with the bad key named."""
+    path = resolve_config_path(explicit)
+    if path is None:
+        data, source = demo_defaults(), "built-in defaults"
+    else:
+        data, source = _read_toml(path), str(path)
+    try:
+        return Settings(**data, source=source)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable by this user") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {key!r}"
+    message = first["msg"].removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{key}: {message}{suffix}"
