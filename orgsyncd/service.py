@@ -1,12 +1,36 @@
-"""Use cases the adapters (CLI, SFTP, watcher, scheduler) call. INTERFACE DRAFT: being implemented."""
+"""Use cases the adapters (CLI, SFTP, watcher, scheduler) call. No adapter code lives here."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import os
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
+
+import structlog
 
 from orgsyncd.config import Settings
+from orgsyncd.core.header import EMAIL, FIRST, LAST, TITLE, UID
+from orgsyncd.core.results import Summary, escape
+from orgsyncd.errors import OrgsyncError, UsageError
+from orgsyncd.jobrunner import JobRunner, Progress
+from orgsyncd.paths import TenantDirs, is_temporary_name, mode_from_name, tenant_dirs
+from orgsyncd.store.db import make_engine, migrate
+from orgsyncd.store.jobs import HELD, QUEUED, JobRecord, JobStore, utcnow
+from orgsyncd.store.learners import LearnerStore
+
+log = structlog.get_logger("orgsyncd.service")
+RunKind = Literal["hourly", "daily", "now"]
+_SPOOL_SEP = "__"
+_MAX_ATTEMPTS = 3
+_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,38 +41,299 @@ class JobResult:
     status: str
 
 
+def sha256_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 class Service:
-    """Everything orgsyncd does, over one database engine. Thread-safe: each call opens its own
-    connection/transaction."""
+    """Everything orgsyncd does, over one database. Thread-safe: each call uses its own
+    connection and transaction."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.engine = make_engine(settings.daemon.db_url)
+        self.jobs = JobStore(self.engine)
+        self.learners = LearnerStore(self.engine)
+        self.runner = JobRunner(settings, self.engine, self.jobs)
+        self.on_job_finished: Callable[[str, str, dict[str, int], float], None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
 
     def migrate(self) -> None:
-        """Create/upgrade the schema and tenant directories. Call once at start."""
-        raise NotImplementedError
+        """Schema up to date, tenant directories present, interrupted work completed."""
+        migrate(self.engine)
+        for name in self.settings.tenants:
+            self.dirs(name).create()
+            self.jobs.tenant_id(name)
+        self.recover()
+
+    def reload(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runner.settings = settings
+        for name in settings.tenants:
+            self.dirs(name).create()
+            self.jobs.tenant_id(name)
+
+    def recover(self) -> None:
+        """Finish what a crash interrupted: result files and archive moves of committed jobs, and
+        spooled files that never got their job row."""
+        for job in self.jobs.unfinalized():
+            if job.tenant in self.settings.tenants:
+                self.runner.finalize(job)
+                log.info("job_finalized_after_restart", job_id=job.id, tenant=job.tenant)
+        for name in self.settings.tenants:
+            self._register_orphans(name)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def dirs(self, tenant: str) -> TenantDirs:
+        return tenant_dirs(self.settings.daemon.data_dir, tenant)
+
+    # -- queueing -----------------------------------------------------------------------------
 
     def enqueue_file(self, tenant: str, path: Path) -> int | None:
-        """Queue one complete file from a tenant's inbox. Idempotent: a file already queued (or gone)
-        returns None. Temporary names are ignored (None)."""
-        raise NotImplementedError
+        """Queue one complete file from a tenant's inbox: it moves to the spool (out of sight of
+        SFTP) and becomes a job. Idempotent: a file already taken (or gone) returns None."""
+        if tenant not in self.settings.tenants or is_temporary_name(path.name):
+            return None
+        try:
+            if not stat.S_ISREG(path.lstat().st_mode):
+                return None
+        except FileNotFoundError:
+            return None
+        spool = self.dirs(tenant).spool / f"{uuid.uuid4().hex[:16]}{_SPOOL_SEP}{path.name}"
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(path, spool)
+        except FileNotFoundError:
+            return None  # another instance or the watcher took it first
+        return self._register(tenant, spool)
+
+    def _register(self, tenant: str, spool: Path) -> int | None:
+        sha256, size = sha256_file(spool)
+        cfg = self.settings.tenant(tenant)
+        deferred = cfg.cadence == "daily" or size > self.settings.daemon.daily_threshold_bytes
+        name = spool.name.split(_SPOOL_SEP, 1)[1]
+        job_id = self.jobs.add(
+            tenant=tenant, file_name=name, spool_path=str(spool), sha256=sha256, size=size, deferred=deferred
+        )
+        if job_id is not None:
+            log.info("job_queued", tenant=tenant, job_id=job_id, file=name, bytes=size, deferred=deferred)
+        return job_id
+
+    def _register_orphans(self, tenant: str) -> None:
+        spool_dir = self.dirs(tenant).spool
+        if not spool_dir.is_dir():
+            return
+        for entry in spool_dir.iterdir():
+            if _SPOOL_SEP in entry.name and not entry.name.endswith(".tmp") and entry.is_file():
+                if not self.jobs.has_spool_path(str(entry)):
+                    self._register(tenant, entry)
 
     def scan_inboxes(self, tenant: str | None = None) -> list[int]:
         """Queue every complete file found in inboxes (start-up scan and periodic rescan)."""
-        raise NotImplementedError
-
-    def run_due(
-        self, kind: Literal["hourly", "daily", "now"] = "now", tenant: str | None = None
-    ) -> list[JobResult]:
-        """Process queued jobs: 'hourly' skips jobs deferred to the daily run, 'daily'/'now' take all."""
-        raise NotImplementedError
-
-    def daily_maintenance(self) -> None:
-        """Write every tenant's export to exports/ and prune files older than retention_days."""
-        raise NotImplementedError
+        queued: list[int] = []
+        for name in [tenant] if tenant else sorted(self.settings.tenants):
+            inbox = self.dirs(name).inbox
+            if not inbox.is_dir():
+                continue
+            for entry in sorted(inbox.iterdir(), key=_mtime):
+                job_id = self.enqueue_file(name, entry)
+                if job_id is not None:
+                    queued.append(job_id)
+        return queued
 
     def queue_depth(self) -> int:
-        raise NotImplementedError
+        return self.jobs.queue_depth()
 
-    def close(self) -> None:
-        raise NotImplementedError
+    # -- processing ---------------------------------------------------------------------------
+
+    def run_due(self, kind: RunKind = "now", tenant: str | None = None) -> list[JobResult]:
+        """Process queued jobs, each tenant's in order. The hourly run leaves deferred jobs (big
+        files, daily-cadence tenants) to the daily run; 'daily' and 'now' take everything."""
+        if tenant is not None:
+            self.settings.tenant(tenant)
+        done: list[JobResult] = []
+        for name in [tenant] if tenant else sorted(self.settings.tenants):
+            done.extend(self._drain(name, include_deferred=kind != "hourly"))
+        return done
+
+    def _drain(self, tenant: str, include_deferred: bool) -> Iterator[JobResult]:
+        while (job := self.jobs.next_for_tenant(tenant, include_deferred)) is not None:
+            summary = self._run_guarded(job)
+            if summary is None:
+                return
+            yield JobResult(job.id, tenant, job.file_name, summary.status)
+
+    def _run_guarded(self, job: JobRecord, progress: Progress | None = None, mode: str | None = None) -> Summary | None:
+        """Run a job; an unexpected failure rolls it back and leaves it queued for the next run,
+        until it has failed _MAX_ATTEMPTS times."""
+        clock = time.monotonic()
+        try:
+            summary = self.runner.run(job, mode=mode, progress=progress)
+        except OrgsyncError:
+            raise
+        except Exception as exc:
+            self._attempt_failed(job, exc)
+            return None
+        if summary is not None and self.on_job_finished is not None:
+            self.on_job_finished(job.tenant, summary.status, summary.counts, time.monotonic() - clock)
+        return summary
+
+    def _attempt_failed(self, job: JobRecord, exc: Exception) -> None:
+        attempts = job.attempts + 1
+        log.exception("job_attempt_failed", tenant=job.tenant, job_id=job.id, attempts=attempts)
+        message = f"internal error on attempt {attempts}: {type(exc).__name__}: {exc}"
+        if attempts >= _MAX_ATTEMPTS:
+            self.jobs.set(job.id, status="failed", attempts=attempts, error_code="internal_error", error_message=message)
+        else:
+            self.jobs.set(job.id, attempts=attempts, error_message=message)
+
+    def import_file(
+        self,
+        tenant: str,
+        source: Path,
+        *,
+        mode: str | None = None,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> Summary:
+        """`orgsyncd import`: one file, now, in the foreground."""
+        cfg = self.settings.tenant(tenant)
+        if not source.is_file():
+            raise UsageError(f"{source} is not a readable file")
+        if dry_run:
+            chosen = mode or mode_from_name(source.name) or cfg.sync_mode
+            return self.runner.dry_run(tenant, source, mode=chosen, progress=progress)[0]
+        self._refuse_if_held(tenant)
+        spool = self.dirs(tenant).spool / f"{uuid.uuid4().hex[:16]}{_SPOOL_SEP}{source.name}"
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        _copy(source, spool)
+        job_id = self._register(tenant, spool)
+        assert job_id is not None
+        summary = self.runner.run(self.jobs.get(job_id), mode=mode, progress=progress)
+        if summary is None:
+            raise OrgsyncError(f"job {job_id} was taken by another orgsyncd process; see 'orgsyncd jobs show {job_id}'")
+        return summary
+
+    def _refuse_if_held(self, tenant: str) -> None:
+        held = self.jobs.list(tenant=tenant, status=HELD, limit=1)
+        if held:
+            raise UsageError(
+                f"job {held[0].id} of tenant {tenant!r} is held and blocks later files; "
+                f"approve it ('orgsyncd jobs approve {held[0].id}') or reject it first"
+            )
+
+    # -- operator actions ---------------------------------------------------------------------
+
+    def approve(self, job_id: int) -> JobRecord:
+        """A held job goes back to the queue, ahead of the tenant's other jobs, and skips the
+        threshold when it runs."""
+        job = self.jobs.transition(
+            job_id, [HELD], "approved", status=QUEUED, approved=True, priority=1, finalized=False
+        )
+        log.info("job_approved", job_id=job_id, tenant=job.tenant)
+        return job
+
+    def reject(self, job_id: int) -> JobRecord:
+        job = self.jobs.transition(job_id, [HELD], "rejected", status="rejected", finalized=False, finished_at=utcnow())
+        self.runner.write_operator_outcome(job, "rejected", "an operator rejected this file; nothing of it was applied")
+        log.info("job_rejected", job_id=job_id, tenant=job.tenant)
+        return self.jobs.get(job_id)
+
+    def retry(self, job_id: int) -> JobRecord:
+        """A failed job runs again (e.g. after the tenant's config was fixed)."""
+        current = self.jobs.get(job_id)
+        source = self.runner.input_path(current)
+        if not source.exists():
+            raise UsageError(f"job {job_id}'s input file is gone (pruned?); upload the file again")
+        if source != Path(current.spool_path):
+            os.replace(source, current.spool_path)
+        job = self.jobs.transition(job_id, ["failed"], "retried", status=QUEUED, finalized=False, attempts=0, error_code=None, error_message=None)
+        log.info("job_retried", job_id=job_id, tenant=job.tenant)
+        return job
+
+    # -- exports and maintenance --------------------------------------------------------------
+
+    def export(self, tenant: str, out: TextIO, progress: Progress | None = None) -> int:
+        """Write the tenant's roster in the import format; returns the number of learners."""
+        cfg = self.settings.tenant(tenant)
+        tenant_id = self.jobs.tenant_id(tenant)
+        groups = self.learners.group_names(tenant_id)
+        licences = cfg.license_types
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(
+            [UID, FIRST, LAST, EMAIL, TITLE, *(f"{lic}_status" for lic in licences), *(escape(f"group/{n}") for _, n in groups)]
+        )
+        count = 0
+        for uid, first, last, email, title, held, *flags in self.learners.export_rows(tenant_id, [g for g, _ in groups]):
+            status = ["active" if held == lic else "inactive" for lic in licences]
+            writer.writerow([_cell(uid), _cell(first), _cell(last), _cell(email), _cell(title), *status, *flags])
+            count += 1
+            if progress is not None and not count & 0x3FFF:
+                progress(count)
+        return count
+
+    def export_to_dir(self, tenant: str, day: date | None = None) -> Path:
+        day = day or datetime.now(UTC).date()
+        target = self.dirs(tenant).exports / f"roster-{day.isoformat()}.csv"
+        tmp = self.dirs(tenant).spool / f".export-{uuid.uuid4().hex[:8]}.tmp"
+        with tmp.open("w", encoding="utf-8", newline="") as out:
+            count = self.export(tenant, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+        log.info("export_written", tenant=tenant, file=target.name, learners=count)
+        return target
+
+    def daily_maintenance(self) -> None:
+        """Every tenant's export to exports/, and files past retention_days pruned."""
+        for name in sorted(self.settings.tenants):
+            try:
+                self.export_to_dir(name)
+            except Exception:
+                log.exception("export_failed", tenant=name)
+            self.prune(name)
+
+    def prune(self, tenant: str, now: float | None = None) -> int:
+        cutoff = (now or time.time()) - self.settings.daemon.retention_days * 86400
+        removed = 0
+        dirs = self.dirs(tenant)
+        for folder in (dirs.results, dirs.archive, dirs.exports):
+            if not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    entry.unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            log.info("pruned", tenant=tenant, files=removed)
+        return removed
+
+
+def _cell(value: str | None) -> str:
+    return escape(value) if value else ""
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    with source.open("rb") as src, tmp.open("wb") as dst:
+        while chunk := src.read(_HASH_CHUNK):
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, target)

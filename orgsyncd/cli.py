@@ -1,0 +1,335 @@
+"""The command line. Our errors become one sentence on stderr and an exit code (0 ok, 1 failed,
+2 bad usage or config); a traceback only with --debug."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from orgsyncd.config import Settings, load_settings
+from orgsyncd.core.results import Summary, iso
+from orgsyncd.errors import OrgsyncError
+from orgsyncd.logging import configure_logging
+from orgsyncd.service import Service
+from orgsyncd.store.jobs import STATUSES, JobRecord
+
+F = TypeVar("F", bound=Callable[..., Any])
+FAILED_STATUSES = ("failed", "held")
+
+
+class AppContext:
+    def __init__(self, config: str | None, debug: bool) -> None:
+        self.config_path = config
+        self.debug = debug
+        self._settings: Settings | None = None
+        self._service: Service | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path)
+        return self._settings
+
+    @property
+    def service(self) -> Service:
+        if self._service is None:
+            self._service = Service(self.settings)
+            self._service.migrate()
+        return self._service
+
+    def close(self) -> None:
+        if self._service is not None:
+            self._service.close()
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+class OrgsyncGroup(click.Group):
+    """Turns our exceptions into one sentence and an exit code, at the very edge."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OrgsyncError as exc:
+            app = ctx.find_object(AppContext)
+            if app is not None and app.debug:
+                raise
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing half-done was kept", 1)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"orgsyncd: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=OrgsyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", metavar="PATH", help="Config file (default: $ORGSYNCD_CONFIG, /etc/orgsyncd/orgsyncd.toml, built-in demo defaults).")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="orgsyncd")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, debug: bool) -> None:
+    """orgsyncd: roster files in over SFTP, learners and licences out."""
+    configure_logging(level="debug" if debug else "warning", json=not sys.stderr.isatty(), stream=sys.stderr)
+    app = AppContext(config, debug)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+# -- import / run-now -----------------------------------------------------------------------
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--tenant", "-t", required=True, help="Tenant name as configured.")
+@click.option("--mode", type=click.Choice(["full", "delta"]), help="Override the sync mode.")
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@pass_app
+def import_cmd(app: AppContext, file: Path, tenant: str, mode: str | None, dry_run: bool) -> None:
+    """Run one import now, in the foreground, and print its summary."""
+    with _byte_progress(file, "importing") as progress:
+        summary = app.service.import_file(tenant, file, mode=mode, dry_run=dry_run, progress=progress)
+    _print_summary(summary, app)
+    if summary.status in FAILED_STATUSES:
+        _fail(_failure_sentence(summary), 1)
+
+
+def _print_summary(summary: Summary, app: AppContext) -> None:
+    click.echo(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+    if summary.job_id is not None:
+        results = app.service.dirs(summary.tenant).results
+        click.echo(f"results: {results}/", err=True)
+
+
+def _failure_sentence(summary: Summary) -> str:
+    if summary.status == "held":
+        return f"job {summary.job_id} is held: {summary.extra.get('message', 'threshold exceeded')}"
+    error = summary.extra.get("error")
+    if error:
+        return f"the file was rejected ({error['code']}): {error['message']}"
+    return "every row of the file failed; see the results file"
+
+
+@main.command("run-now")
+@click.option("--tenant", "-t", help="Only this tenant.")
+@click.option("--daily", is_flag=True, help="Also take jobs deferred to the daily run.")
+@pass_app
+def run_now(app: AppContext, tenant: str | None, daily: bool) -> None:
+    """Process queued jobs now, as the hourly run would (files in inboxes are queued first)."""
+    service = app.service
+    service.scan_inboxes(tenant)
+    results = service.run_due("daily" if daily else "hourly", tenant)
+    for result in results:
+        click.echo(f"job {result.job_id}  {result.tenant}  {result.file}  {result.status}")
+    waiting = service.queue_depth()
+    click.echo(f"{len(results)} job(s) processed; {waiting} still queued", err=True)
+    if any(r.status == "failed" for r in results):
+        sys.exit(1)
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+@main.group()
+def jobs() -> None:
+    """Job history and operator actions."""
+
+
+@jobs.command("list")
+@click.option("--tenant", "-t")
+@click.option("--status", "-s", type=click.Choice(STATUSES))
+@click.option("--limit", default=50, show_default=True)
+@pass_app
+def jobs_list(app: AppContext, tenant: str | None, status: str | None, limit: int) -> None:
+    """Recent jobs, newest first."""
+    rows = app.service.jobs.list(tenant=tenant, status=status, limit=limit)
+    click.echo(f"{'ID':>6}  {'TENANT':<16} {'STATUS':<20} {'RECEIVED':<21} FILE")
+    for job in rows:
+        click.echo(f"{job.id:>6}  {job.tenant:<16} {job.status:<20} {iso(job.received_at) or '':<21} {job.file_name}")
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@pass_app
+def jobs_show(app: AppContext, job_id: int) -> None:
+    """One job in full (JSON)."""
+    click.echo(json.dumps(_job_json(app.service.jobs.get(job_id)), indent=2, ensure_ascii=False))
+
+
+def _job_json(job: JobRecord) -> dict[str, Any]:
+    data = asdict(job)
+    for key in ("received_at", "started_at", "finished_at"):
+        data[key] = iso(data[key])
+    return data
+
+
+@jobs.command("approve")
+@click.argument("job_id", type=int)
+@pass_app
+def jobs_approve(app: AppContext, job_id: int) -> None:
+    """Release a held job: it is queued again ahead of the tenant's other jobs."""
+    job = app.service.approve(job_id)
+    click.echo(f"job {job.id} approved; it applies at the next run (or 'orgsyncd run-now --tenant {job.tenant}')")
+
+
+@jobs.command("reject")
+@click.argument("job_id", type=int)
+@pass_app
+def jobs_reject(app: AppContext, job_id: int) -> None:
+    """Drop a held job; nothing of it is applied."""
+    job = app.service.reject(job_id)
+    click.echo(f"job {job.id} rejected")
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=int)
+@pass_app
+def jobs_retry(app: AppContext, job_id: int) -> None:
+    """Queue a failed job again (e.g. after fixing the tenant's configuration)."""
+    job = app.service.retry(job_id)
+    click.echo(f"job {job.id} queued again")
+
+
+# -- export / learners --------------------------------------------------------------------------
+
+
+@main.command("export")
+@click.option("--tenant", "-t", required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="File to write (default: stdout).")
+@pass_app
+def export_cmd(app: AppContext, tenant: str, output: Path | None) -> None:
+    """Write the tenant's roster in the import format."""
+    service = app.service
+    if output is None:
+        service.export(tenant, sys.stdout)
+        return
+    tmp = output.with_name(f".{output.name}.tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as out, _count_progress("exporting") as progress:
+        count = service.export(tenant, out, progress=progress)
+    tmp.replace(output)
+    click.echo(f"{count} learners written to {output}", err=True)
+
+
+@main.group()
+def learners() -> None:
+    """Look learners up."""
+
+
+@learners.command("list")
+@click.option("--tenant", "-t", required=True)
+@click.option("--status", type=click.Choice(["invited", "unassigned", "deactivated"]))
+@click.option("--limit", default=100, show_default=True)
+@click.option("--offset", default=0)
+@pass_app
+def learners_list(app: AppContext, tenant: str, status: str | None, limit: int, offset: int) -> None:
+    """Learners of a tenant, by email."""
+    app.settings.tenant(tenant)
+    tenant_id = app.service.jobs.tenant_id(tenant)
+    rows = app.service.learners.list(tenant_id, status=status, limit=limit, offset=offset)
+    click.echo(f"{'EMAIL':<40} {'STATUS':<12} {'LICENSE':<42} GROUPS")
+    for learner in rows:
+        click.echo(f"{learner.email:<40} {learner.status:<12} {learner.license_type or '-':<42} {', '.join(learner.groups)}")
+    total = app.service.learners.count(tenant_id)
+    click.echo(f"{len(rows)} of {total} learners shown", err=True)
+
+
+@learners.command("show")
+@click.argument("email")
+@click.option("--tenant", "-t", required=True)
+@pass_app
+def learners_show(app: AppContext, email: str, tenant: str) -> None:
+    """One learner with licence and change history (JSON)."""
+    app.settings.tenant(tenant)
+    store = app.service.learners
+    learner = store.find(app.service.jobs.tenant_id(tenant), email)
+    data: dict[str, Any] = asdict(learner)
+    data["licence_history"] = [
+        {**asdict(span), "started_at": iso(span.started_at), "ended_at": iso(span.ended_at)}
+        for span in store.licence_history(learner.id)
+    ]
+    data["changes"] = [{**asdict(event), "at": str(event.at)} for event in store.audit(learner.id)]
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+# -- tenants ------------------------------------------------------------------------------------
+
+
+@main.group()
+def tenants() -> None:
+    """Tenants as configured."""
+
+
+@tenants.command("list")
+@pass_app
+def tenants_list(app: AppContext) -> None:
+    """Configured tenants and their settings."""
+    settings = app.settings
+    click.echo(f"config: {settings.source}", err=True)
+    for name, cfg in sorted(settings.tenants.items()):
+        seats = ", ".join(f"{lic}={n or 'unlimited'}" for lic, n in sorted(cfg.licenses.items())) or "no licenses"
+        click.echo(f"{name:<16} mode={cfg.sync_mode:<5} cadence={cfg.cadence:<6} {seats}")
+
+
+@tenants.command("check")
+@pass_app
+def tenants_check(app: AppContext) -> None:
+    """Validate config, keys, directories and database."""
+    from orgsyncd.checks import check_tenants
+
+    problems = check_tenants(app.settings)
+    for line in problems.notes:
+        click.echo(f"ok    {line}")
+    for line in problems.errors:
+        click.echo(f"FAIL  {line}")
+    if problems.errors:
+        _fail(f"{len(problems.errors)} problem(s) found", 1)
+
+
+@main.command("serve")
+@pass_app
+def serve(app: AppContext) -> None:
+    """Run the daemon: SFTP + watcher + scheduler; JSON logs on stdout."""
+    from orgsyncd.daemon import run_daemon
+
+    configure_logging(level="debug" if app.debug else "info", json=True, stream=sys.stdout)
+    sys.exit(run_daemon(app.settings))
+
+
+# -- progress -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _byte_progress(file: Path, label: str) -> Iterator[Callable[[int], None] | None]:
+    if not sys.stdout.isatty() or not file.is_file():
+        yield None
+        return
+    with click.progressbar(length=file.stat().st_size, label=label, file=sys.stderr) as bar:
+        state = {"done": 0}
+
+        def advance(done: int) -> None:
+            bar.update(done - state["done"])
+            state["done"] = done
+
+        yield advance
+
+
+@contextmanager
+def _count_progress(label: str) -> Iterator[Callable[[int], None] | None]:
+    if not sys.stdout.isatty():
+        yield None
+        return
+
+    def report(count: int) -> None:
+        click.echo(f"\r{label}: {count} learners", nl=False, err=True)
+
+    yield report
+    click.echo("", err=True)

@@ -1,0 +1,45 @@
+"""Email syntax: a fast path for the plain addresses that make up nearly every roster, and
+``email_validator`` for everything else (it is ~20 us per call, too slow for a million rows alone).
+
+The fast path accepts a strict subset of what ``email_validator`` accepts; a property test holds
+that line, so both paths always agree.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES as _SPECIAL
+
+_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_FAST = re.compile(rf"(?:{_ATOM}(?:\.{_ATOM})*)@(?:{_LABEL}\.)+[a-z]{{2,63}}")
+_SPECIAL_SUFFIXES = tuple(sorted({f".{name}" for name in _SPECIAL}))
+_MAX_LOCAL = 64
+_MAX_TOTAL = 254
+
+
+def normalize_email(value: str) -> str | None:
+    """The address lower-cased for storage and comparison, or None when it is not valid."""
+    lowered = value.lower()
+    if _fast_ok(lowered):
+        return lowered
+    return _slow(value)
+
+
+def _fast_ok(lowered: str) -> bool:
+    if len(lowered) > _MAX_TOTAL or not _FAST.fullmatch(lowered):
+        return False
+    local, _, domain = lowered.rpartition("@")
+    return len(local) <= _MAX_LOCAL and not ("." + domain).endswith(_SPECIAL_SUFFIXES)
+
+
+@lru_cache(maxsize=1024)
+def _slow(value: str) -> str | None:
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    return result.normalized.lower()

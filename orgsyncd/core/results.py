@@ -1,0 +1,114 @@
+"""Result files: the results CSV (one line per input row, echoing it) and the summary JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from orgsyncd.core.header import RESULT_COLUMNS, Issue
+
+RESULT_HEADER = ("row", "outcome", "code", "message")
+OUTCOMES = ("created", "updated", "unchanged", "deactivated", "reactivated", "error", "warning")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+Outcome = tuple[int, str, str | None, str | None]  # line, outcome, code, message
+
+
+def escape(value: str) -> str:
+    """Keep spreadsheets from running a cell as a formula."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def empty_counts() -> dict[str, int]:
+    return dict.fromkeys(OUTCOMES, 0)
+
+
+@dataclass(slots=True)
+class Summary:
+    job_id: int | None
+    tenant: str
+    file: str
+    sha256: str
+    mode: str
+    status: str
+    counts: dict[str, int] = field(default_factory=empty_counts)
+    received_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "job_id": self.job_id,
+            "tenant": self.tenant,
+            "file": self.file,
+            "sha256": self.sha256,
+            "mode": self.mode,
+            "status": self.status,
+            "counts": {key: self.counts.get(key, 0) for key in OUTCOMES},
+            "received_at": iso(self.received_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+        }
+        data.update(self.extra)
+        return data
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def summary_status(counts: dict[str, int], file_error: bool) -> str:
+    rows = sum(n for key, n in counts.items() if key != "warning")
+    errors = counts.get("error", 0)
+    if file_error or (rows and errors == rows):
+        return "failed"
+    return "partially_succeeded" if errors else "succeeded"
+
+
+class ResultsWriter:
+    """Writes the results CSV by walking the outcomes (from the database, in line order) alongside
+    a second streaming read of the input, so neither is ever held in memory."""
+
+    def __init__(self, out: TextIO, header: Sequence[str] | None) -> None:
+        names = list(header or ())
+        self.drop = {i for i, name in enumerate(names) if name.strip().lower() in RESULT_COLUMNS}
+        self.writer = csv.writer(out, lineterminator="\r\n")
+        echo = [escape(name) for i, name in enumerate(names) if i not in self.drop]
+        self.writer.writerow([*RESULT_HEADER, *echo])
+
+    def issues(self, issues: Iterable[Issue]) -> None:
+        for issue in issues:
+            self.writer.writerow(("0", issue.outcome, issue.code, issue.message))
+
+    def rows(self, outcomes: Iterable[Outcome], records: Iterator[tuple[int, list[str]]]) -> int:
+        written = 0
+        drop = self.drop
+        for (line, outcome, code, message), (rec_line, fields) in zip(
+            outcomes, records, strict=True
+        ):
+            if line != rec_line:
+                raise RuntimeError(f"results out of step with input: line {line} vs {rec_line}")
+            if drop:
+                fields = [v for i, v in enumerate(fields) if i not in drop]
+            self.writer.writerow((line, outcome, code or "", message or "", *map(escape, fields)))
+            written += 1
+        return written
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,442 @@
+"""Runs one import job end to end: input file -> staged rows -> plan -> apply -> result files.
+
+Crash safety: result files are written to temporary names in the tenant's spool before the
+transaction that applies the job commits; only after the commit are they renamed into
+``results/`` and the input moved to ``archive/`` (``finalize``). A crash before the commit leaves
+the database as it was and the job queued; a crash after it is completed by ``finalize`` at the
+next start. So a job is applied once and its result files appear once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine, text
+
+from orgsyncd import faults
+from orgsyncd.config import Settings, TenantConfig
+from orgsyncd.core.header import HeaderRules, Issue, Layout, analyse_header
+from orgsyncd.core.reader import Record, read_records
+from orgsyncd.core.results import ResultsWriter, Summary, empty_counts, summary_status, write_json
+from orgsyncd.core.rows import RowRules, RowValidator, StagedRow
+from orgsyncd.errors import FileRejected
+from orgsyncd.paths import (
+    TenantDirs,
+    archive_path,
+    atomic_replace,
+    is_roster_name,
+    mode_from_name,
+    result_paths,
+    tenant_dirs,
+)
+from orgsyncd.store.db import is_sqlite
+from orgsyncd.store.importer import (
+    Plan,
+    Planner,
+    PlanRequest,
+    Applier,
+    create_staging,
+    drop_staging,
+    load_staging,
+    result_lines,
+)
+from orgsyncd.store.jobs import TERMINAL, JobRecord, JobStore, tenant_lock_key, utcnow
+
+log = structlog.get_logger("orgsyncd.import")
+Progress = Callable[[int], None]
+_PROGRESS_EVERY = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    layout: Layout
+    rows: int
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, engine: Engine, jobs: JobStore) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.jobs = jobs
+
+    # -- public -----------------------------------------------------------------------------
+
+    def run(
+        self, job: JobRecord, *, mode: str | None = None, progress: Progress | None = None
+    ) -> Summary | None:
+        """Process one queued job. None when another process got to it first."""
+        tenant = self.settings.tenant(job.tenant)
+        dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
+        dirs.create()
+        mode = mode or mode_from_name(job.file_name) or tenant.sync_mode
+        with structlog.contextvars.bound_contextvars(
+            tenant=job.tenant, job_id=job.id, file=job.file_name
+        ):
+            started = utcnow()
+            if not is_roster_name(job.file_name):
+                return self._file_failed(job, dirs, mode, started, None, self._unsupported(job))
+            earlier = self.jobs.earlier_applied(job.tenant_id, job.sha256, job.id)
+            if earlier is not None:
+                return self._duplicate(job, dirs, mode, started, earlier)
+            return self._import(job, tenant, dirs, mode, started, progress)
+
+    def dry_run(
+        self, tenant_name: str, source: Path, *, mode: str, progress: Progress | None = None
+    ) -> tuple[Summary, Path | None]:
+        """Stage and plan in a transaction that is rolled back: what would change, changing nothing."""
+        tenant = self.settings.tenant(tenant_name)
+        tenant_id = self.jobs.tenant_id(tenant_name)
+        started = utcnow()
+        summary = Summary(
+            None, tenant_name, source.name, "", mode, "", received_at=started, started_at=started
+        )
+        with self.engine.connect() as conn, conn.begin():
+            try:
+                staged = self._stage(conn, source, tenant, progress)
+            except FileRejected as exc:
+                summary.status, summary.finished_at = "failed", utcnow()
+                summary.counts["error"] = 1
+                summary.extra = {
+                    "dry_run": True,
+                    "error": {"code": exc.code, "message": exc.message},
+                }
+                return summary, None
+            plan = self._plan(conn, staged, tenant, tenant_id, 0, mode, approved=False)
+            self._fill(summary, plan, staged.layout.warnings, held=plan.held_reason)
+            summary.extra["dry_run"] = True
+            conn.rollback()
+        return summary, None
+
+    def finalize(self, job: JobRecord) -> None:
+        """Move result files into results/ and the input into archive/. Idempotent."""
+        dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
+        for tmp, final in zip(
+            self._tmp_paths(dirs, job.id), result_paths(dirs, job.file_name, job.id), strict=True
+        ):
+            if tmp.exists():
+                atomic_replace(tmp, final)
+        spool = Path(job.spool_path)
+        if job.status in TERMINAL and spool.exists():
+            atomic_replace(spool, archive_path(dirs, job.file_name, job.id))
+        self.jobs.set(job.id, finalized=True)
+
+    # -- the import proper ------------------------------------------------------------------
+
+    def _import(
+        self,
+        job: JobRecord,
+        tenant: TenantConfig,
+        dirs: TenantDirs,
+        mode: str,
+        started: datetime,
+        progress: Progress | None,
+    ) -> Summary | None:
+        clock = time.monotonic()
+        source = self.input_path(job)
+        with self.engine.connect() as conn:
+            if not self._lock_tenant(conn, job.tenant_id):
+                return None
+            try:
+                with conn.begin():
+                    staged = self._stage(conn, source, tenant, progress)
+            except FileRejected as exc:
+                drop_staging(conn)
+                conn.commit()
+                return self._file_failed(job, dirs, mode, started, None, exc)
+            faults.checkpoint("after_stage")
+            summary = self._plan_and_apply(conn, job, tenant, dirs, mode, started, staged, source)
+        if summary is not None:
+            log.info(
+                "import_finished",
+                status=summary.status,
+                counts=summary.counts,
+                rows=staged.rows,
+                seconds=round(time.monotonic() - clock, 3),
+            )
+            self.finalize(self.jobs.get(job.id))
+        return summary
+
+    def _plan_and_apply(
+        self,
+        conn: Connection,
+        job: JobRecord,
+        tenant: TenantConfig,
+        dirs: TenantDirs,
+        mode: str,
+        started: datetime,
+        staged: Staged,
+        source: Path,
+    ) -> Summary | None:
+        conn.execution_options(sqlite_immediate=True)
+        try:
+            with conn.begin():
+                if not self.jobs.is_queued(conn, job.id):
+                    return None  # another process applied it while we were staging
+                plan = self._plan(conn, staged, tenant, job.tenant_id, job.id, mode, job.approved)
+                faults.checkpoint("after_plan")
+                summary = self._summary(job, mode, started)
+                self._fill(summary, plan, staged.layout.warnings, held=plan.held_reason)
+                if plan.held_reason is None:
+                    Applier(
+                        conn,
+                        self._request(staged, tenant, job.tenant_id, job.id, mode, job.approved),
+                    ).apply()
+                faults.checkpoint("after_apply")
+                self._write_results(dirs, job, summary, staged.layout, source, conn, plan)
+                self.jobs.finish(
+                    conn,
+                    job.id,
+                    status=summary.status,
+                    mode=mode,
+                    counts=summary.counts,
+                    started_at=started,
+                    finished_at=summary.finished_at,
+                    attempts=job.attempts + 1,
+                    finalized=False,
+                    error_code="threshold_exceeded" if plan.held_reason else None,
+                    error_message=plan.held_reason,
+                )
+                faults.checkpoint("before_commit")
+        finally:
+            conn.execution_options(sqlite_immediate=False)
+            drop_staging(conn)
+            conn.commit()
+        faults.checkpoint("after_commit")
+        return summary
+
+    def _stage(
+        self, conn: Connection, source: Path, tenant: TenantConfig, progress: Progress | None
+    ) -> Staged:
+        records = read_records(source, progress=progress)
+        layout = self._header(records, tenant)
+        validator = RowValidator(layout, RowRules(tenant.blank_means, tenant.default_license))
+        create_staging(conn, len(layout.groups))
+        rows = load_staging(conn, _validated(records, validator), len(layout.groups))
+        return Staged(layout=layout, rows=rows)
+
+    def _header(self, records: Iterator[Record], tenant: TenantConfig) -> Layout:
+        first = next(records, None)
+        if first is None:
+            raise FileRejected("empty_file", "the file has no header line (it is empty or blank)")
+        rules = HeaderRules(tenant.license_types, tenant.default_license, tenant.strict_headers)
+        return analyse_header(first[1], rules)
+
+    def _plan(
+        self,
+        conn: Connection,
+        staged: Staged,
+        tenant: TenantConfig,
+        tenant_id: int,
+        job_id: int,
+        mode: str,
+        approved: bool,
+    ) -> Plan:
+        return Planner(
+            conn, self._request(staged, tenant, tenant_id, job_id, mode, approved)
+        ).plan()
+
+    def _request(
+        self,
+        staged: Staged,
+        tenant: TenantConfig,
+        tenant_id: int,
+        job_id: int,
+        mode: str,
+        approved: bool,
+    ) -> PlanRequest:
+        return PlanRequest(
+            tenant_id=tenant_id,
+            tenant=tenant,
+            job_id=job_id,
+            mode=mode,
+            approved=approved,
+            groups=[name for _, name in staged.layout.groups],
+            has_uid="unique_user_id" in staged.layout.text,
+            now=utcnow(),
+        )
+
+    def _lock_tenant(self, conn: Connection, tenant_id: int) -> bool:
+        """PostgreSQL: one instance works a tenant's queue at a time (SQLite has one writer anyway)."""
+        if is_sqlite(conn):
+            return True
+        got = conn.execute(
+            text("SELECT pg_try_advisory_lock(:k)"), {"k": tenant_lock_key(tenant_id)}
+        ).scalar()
+        conn.commit()
+        return bool(got)
+
+    # -- summaries and result files ---------------------------------------------------------
+
+    def _summary(self, job: JobRecord, mode: str, started: datetime) -> Summary:
+        return Summary(
+            job.id,
+            job.tenant,
+            job.file_name,
+            job.sha256,
+            mode,
+            "",
+            received_at=job.received_at,
+            started_at=started,
+        )
+
+    def _fill(
+        self, summary: Summary, plan: Plan, warnings: list[Issue], *, held: str | None
+    ) -> None:
+        summary.counts = empty_counts() | plan.counts
+        summary.counts["warning"] = len(warnings)
+        if held:
+            summary.status = "held"
+            summary.counts["error"] = summary.counts.get("error", 0)
+            summary.extra["message"] = held
+        else:
+            summary.status = summary_status(summary.counts, file_error=False)
+        if summary.mode == "full":
+            summary.extra["deactivated_not_in_file"] = 0 if held else plan.absent
+        summary.finished_at = utcnow()
+
+    def _write_results(
+        self,
+        dirs: TenantDirs,
+        job: JobRecord,
+        summary: Summary,
+        layout: Layout,
+        source: Path,
+        conn: Connection,
+        plan: Plan,
+    ) -> None:
+        csv_tmp, json_tmp = self._tmp_paths(dirs, job.id)
+        issues = list(layout.warnings)
+        if summary.status == "held":
+            issues.insert(0, Issue("error", "threshold_exceeded", summary.extra["message"]))
+        with _atomic_text(csv_tmp) as out:
+            writer = ResultsWriter(out, layout.names)
+            writer.issues(issues)
+            records = read_records(source)
+            next(records)  # the header
+            writer.rows(result_lines(conn), records)
+        write_json(json_tmp, summary.as_dict())
+
+    def _file_failed(
+        self,
+        job: JobRecord,
+        dirs: TenantDirs,
+        mode: str,
+        started: datetime,
+        header: list[str] | None,
+        exc: FileRejected,
+    ) -> Summary:
+        summary = self._summary(job, mode, started)
+        summary.status, summary.finished_at = "failed", utcnow()
+        summary.extra["error"] = {"code": exc.code, "message": exc.message}
+        log.warning("import_rejected", code=exc.code, reason=exc.message)
+        self._write_simple(dirs, job, summary, [Issue("error", exc.code, exc.message)])
+        self._record_terminal(job, summary, error_code=exc.code, error_message=exc.message)
+        return summary
+
+    def _duplicate(
+        self, job: JobRecord, dirs: TenantDirs, mode: str, started: datetime, earlier: int
+    ) -> Summary:
+        summary = self._summary(job, mode, started)
+        summary.status, summary.finished_at = "duplicate", utcnow()
+        message = f"this file is identical (sha256) to job {earlier}, which was already applied; nothing was applied again"
+        summary.extra["duplicate_of"] = earlier
+        log.info("import_duplicate", duplicate_of=earlier)
+        self._write_simple(dirs, job, summary, [Issue("warning", "duplicate_file", message)])
+        self._record_terminal(
+            job, summary, duplicate_of=earlier, error_code="duplicate_file", error_message=message
+        )
+        return summary
+
+    def write_operator_outcome(self, job: JobRecord, status: str, message: str) -> None:
+        """Result files for a job an operator closed (reject), then finalize it."""
+        dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
+        summary = self._summary(job, job.mode or "delta", job.started_at or utcnow())
+        summary.status, summary.finished_at = status, utcnow()
+        summary.extra["message"] = message
+        self._write_simple(dirs, job, summary, [Issue("error", status, message)])
+        self.finalize(self.jobs.get(job.id))
+
+    def _write_simple(
+        self, dirs: TenantDirs, job: JobRecord, summary: Summary, issues: list[Issue]
+    ) -> None:
+        csv_tmp, json_tmp = self._tmp_paths(dirs, job.id)
+        if summary.status != "duplicate":
+            summary.counts["error"] = sum(1 for i in issues if i.outcome == "error")
+        summary.counts["warning"] = sum(1 for i in issues if i.outcome == "warning")
+        with _atomic_text(csv_tmp) as out:
+            ResultsWriter(out, None).issues(issues)
+        write_json(json_tmp, summary.as_dict())
+
+    def _record_terminal(self, job: JobRecord, summary: Summary, **values: Any) -> None:
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                if not self.jobs.is_queued(conn, job.id):
+                    return
+                self.jobs.finish(
+                    conn,
+                    job.id,
+                    status=summary.status,
+                    mode=summary.mode,
+                    counts=summary.counts,
+                    started_at=summary.started_at,
+                    finished_at=summary.finished_at,
+                    attempts=job.attempts + 1,
+                    finalized=False,
+                    **values,
+                )
+        self.finalize(self.jobs.get(job.id))
+
+    def _tmp_paths(self, dirs: TenantDirs, job_id: int) -> tuple[Path, Path]:
+        return dirs.spool / f"{job_id}.results.csv.tmp", dirs.spool / f"{job_id}.summary.json.tmp"
+
+    def _unsupported(self, job: JobRecord) -> FileRejected:
+        return FileRejected(
+            "unsupported_file_type",
+            f"{job.file_name!r} is not a roster file; upload a .csv or .csv.gz file (CSV UTF-8)",
+        )
+
+    def input_path(self, job: JobRecord) -> Path:
+        """Where the job's input is now: the spool while queued, the archive once processed."""
+        spool = Path(job.spool_path)
+        if spool.exists():
+            return spool
+        return archive_path(
+            tenant_dirs(self.settings.daemon.data_dir, job.tenant), job.file_name, job.id
+        )
+
+
+def _validated(records: Iterator[Record], validator: RowValidator) -> Iterator[StagedRow]:
+    validate = validator.validate
+    for line, fields in records:
+        yield validate(line, fields)
+
+
+class _atomic_text:
+    """A text file written and fsynced under its final temporary name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> Any:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = self.path.open("w", encoding="utf-8", newline="")
+        return self.fh
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+
+def copy_into(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)

@@ -1,0 +1,115 @@
+"""The schema. Changes here need an Alembic revision in ``orgsyncd/migrations/versions``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenant"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=63)
+
+
+class Learner(SQLModel, table=True):
+    """Current state of one learner. ``status`` is invited, unassigned or deactivated."""
+
+    __tablename__ = "learner"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "email", name="uq_learner_email"),
+        UniqueConstraint("tenant_id", "uid", name="uq_learner_uid"),
+        Index("ix_learner_tenant_license", "tenant_id", "license_type"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id")
+    uid: str | None = Field(default=None, max_length=255)
+    email: str = Field(max_length=320)
+    first_name: str | None = Field(default=None, max_length=255)
+    last_name: str | None = Field(default=None, max_length=255)
+    title: str | None = Field(default=None, max_length=255)
+    status: str = Field(max_length=16)
+    license_type: str | None = Field(default=None, max_length=128)
+    created_job_id: int | None = None
+    updated_job_id: int | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class LicenseAssignment(SQLModel, table=True):
+    """Who held which license when; ``ended_at`` is null while the seat is held."""
+
+    __tablename__ = "license_assignment"
+    __table_args__ = (Index("ix_license_learner", "learner_id", "ended_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id")
+    learner_id: int = Field(foreign_key="learner.id")
+    license_type: str = Field(max_length=128)
+    started_at: datetime
+    started_job_id: int | None = None
+    ended_at: datetime | None = None
+    ended_job_id: int | None = None
+
+
+class LearnerGroup(SQLModel, table=True):
+    __tablename__ = "learner_group"
+    __table_args__ = (UniqueConstraint("tenant_id", "name_key", name="uq_group_name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id")
+    name: str = Field(max_length=255)
+    name_key: str = Field(max_length=255)
+    created_job_id: int | None = None
+
+
+class Membership(SQLModel, table=True):
+    __tablename__ = "membership"
+    __table_args__ = (Index("ix_membership_learner", "learner_id"),)
+    group_id: int = Field(foreign_key="learner_group.id", primary_key=True)
+    learner_id: int = Field(foreign_key="learner.id", primary_key=True)
+
+
+class Job(SQLModel, table=True):
+    """One roster file. Status: queued, deferred, running, succeeded, partially_succeeded, failed,
+    held, rejected, duplicate. ``finalized`` turns true once result files and archive are in place."""
+
+    __tablename__ = "job"
+    __table_args__ = (
+        Index("ix_job_tenant_status", "tenant_id", "status"),
+        Index("ix_job_tenant_sha", "tenant_id", "sha256"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id")
+    file_name: str = Field(max_length=255)
+    spool_path: str = Field(unique=True, max_length=1024)
+    sha256: str = Field(max_length=64)
+    size: int
+    mode: str | None = Field(default=None, max_length=8)
+    status: str = Field(max_length=24)
+    deferred: bool = False
+    priority: int = 0
+    approved: bool = False
+    finalized: bool = False
+    attempts: int = 0
+    counts: str | None = Field(default=None, sa_column=Column(Text))
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = Field(default=None, sa_column=Column(Text))
+    duplicate_of: int | None = None
+    received_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class AuditEvent(SQLModel, table=True):
+    """Every change a job made to a learner: before/after as JSON text."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_learner", "learner_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int | None = None
+    learner_id: int
+    action: str = Field(max_length=24)
+    before: str | None = Field(default=None, sa_column=Column(Text))
+    after: str | None = Field(default=None, sa_column=Column(Text))
+    at: datetime = Field(sa_column_kwargs={"server_default": text("CURRENT_TIMESTAMP")})
