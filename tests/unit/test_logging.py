@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
+import structlog.testing
 from structlog.contextvars import bound_contextvars
 
 from orgsyncd.logging import REDACTED, configure_logging
@@ -229,3 +230,15 @@ def test_python_warnings_become_log_lines(lines: Lines) -> None:
 def test_unknown_level_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         configure_logging(level="loud")
+
+
+def test_capture_logs_still_works_after_configuring(out: io.StringIO) -> None:
+    # Other modules' tests assert events with capture_logs(); a cached logger would bypass it.
+    log = structlog.get_logger("orgsyncd.service")
+    configure_logging(stream=out)
+    log.info("before_capture")
+    with structlog.testing.capture_logs() as captured:
+        log.info("job_queued", tenant="acme")
+
+    assert captured == [{"event": "job_queued", "tenant": "acme", "log_level": "info"}]
+    assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["before_capture"]
