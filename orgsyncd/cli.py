@@ -65,6 +65,13 @@ class OrgsyncGroup(click.Group):
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; nothing half-done was kept", 1)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            app = ctx.find_object(AppContext)
+            if app is not None and app.debug:
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)", 1)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -73,13 +80,20 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 @click.group(cls=OrgsyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config", metavar="PATH", help="Config file (default: $ORGSYNCD_CONFIG, /etc/orgsyncd/orgsyncd.toml, built-in demo defaults).")
+@click.option(
+    "--config",
+    "config",
+    metavar="PATH",
+    help="Config file (default: $ORGSYNCD_CONFIG, /etc/orgsyncd/orgsyncd.toml, built-in demo defaults).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.version_option(package_name="orgsyncd")
 @click.pass_context
 def main(ctx: click.Context, config: str | None, debug: bool) -> None:
     """orgsyncd: roster files in over SFTP, learners and licences out."""
-    configure_logging(level="debug" if debug else "warning", json=not sys.stderr.isatty(), stream=sys.stderr)
+    configure_logging(
+        level="debug" if debug else "warning", json=not sys.stderr.isatty(), stream=sys.stderr
+    )
     app = AppContext(config, debug)
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -97,7 +111,9 @@ def main(ctx: click.Context, config: str | None, debug: bool) -> None:
 def import_cmd(app: AppContext, file: Path, tenant: str, mode: str | None, dry_run: bool) -> None:
     """Run one import now, in the foreground, and print its summary."""
     with _byte_progress(file, "importing") as progress:
-        summary = app.service.import_file(tenant, file, mode=mode, dry_run=dry_run, progress=progress)
+        summary = app.service.import_file(
+            tenant, file, mode=mode, dry_run=dry_run, progress=progress
+        )
     _print_summary(summary, app)
     if summary.status in FAILED_STATUSES:
         _fail(_failure_sentence(summary), 1)
@@ -154,7 +170,9 @@ def jobs_list(app: AppContext, tenant: str | None, status: str | None, limit: in
     rows = app.service.jobs.list(tenant=tenant, status=status, limit=limit)
     click.echo(f"{'ID':>6}  {'TENANT':<16} {'STATUS':<20} {'RECEIVED':<21} FILE")
     for job in rows:
-        click.echo(f"{job.id:>6}  {job.tenant:<16} {job.status:<20} {iso(job.received_at) or '':<21} {job.file_name}")
+        click.echo(
+            f"{job.id:>6}  {job.tenant:<16} {job.status:<20} {iso(job.received_at) or '':<21} {job.file_name}"
+        )
 
 
 @jobs.command("show")
@@ -178,7 +196,9 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
 def jobs_approve(app: AppContext, job_id: int) -> None:
     """Release a held job: it is queued again ahead of the tenant's other jobs."""
     job = app.service.approve(job_id)
-    click.echo(f"job {job.id} approved; it applies at the next run (or 'orgsyncd run-now --tenant {job.tenant}')")
+    click.echo(
+        f"job {job.id} approved; it applies at the next run (or 'orgsyncd run-now --tenant {job.tenant}')"
+    )
 
 
 @jobs.command("reject")
@@ -204,7 +224,12 @@ def jobs_retry(app: AppContext, job_id: int) -> None:
 
 @main.command("export")
 @click.option("--tenant", "-t", required=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="File to write (default: stdout).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File to write (default: stdout).",
+)
 @pass_app
 def export_cmd(app: AppContext, tenant: str, output: Path | None) -> None:
     """Write the tenant's roster in the import format."""
@@ -213,7 +238,10 @@ def export_cmd(app: AppContext, tenant: str, output: Path | None) -> None:
         service.export(tenant, sys.stdout)
         return
     tmp = output.with_name(f".{output.name}.tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as out, _count_progress("exporting") as progress:
+    with (
+        tmp.open("w", encoding="utf-8", newline="") as out,
+        _count_progress("exporting") as progress,
+    ):
         count = service.export(tenant, out, progress=progress)
     tmp.replace(output)
     click.echo(f"{count} learners written to {output}", err=True)
@@ -230,14 +258,18 @@ def learners() -> None:
 @click.option("--limit", default=100, show_default=True)
 @click.option("--offset", default=0)
 @pass_app
-def learners_list(app: AppContext, tenant: str, status: str | None, limit: int, offset: int) -> None:
+def learners_list(
+    app: AppContext, tenant: str, status: str | None, limit: int, offset: int
+) -> None:
     """Learners of a tenant, by email."""
     app.settings.tenant(tenant)
     tenant_id = app.service.jobs.tenant_id(tenant)
     rows = app.service.learners.list(tenant_id, status=status, limit=limit, offset=offset)
     click.echo(f"{'EMAIL':<40} {'STATUS':<12} {'LICENSE':<42} GROUPS")
     for learner in rows:
-        click.echo(f"{learner.email:<40} {learner.status:<12} {learner.license_type or '-':<42} {', '.join(learner.groups)}")
+        click.echo(
+            f"{learner.email:<40} {learner.status:<12} {learner.license_type or '-':<42} {', '.join(learner.groups)}"
+        )
     total = app.service.learners.count(tenant_id)
     click.echo(f"{len(rows)} of {total} learners shown", err=True)
 
@@ -256,7 +288,7 @@ def learners_show(app: AppContext, email: str, tenant: str) -> None:
         {**asdict(span), "started_at": iso(span.started_at), "ended_at": iso(span.ended_at)}
         for span in store.licence_history(learner.id)
     ]
-    data["changes"] = [{**asdict(event), "at": str(event.at)} for event in store.audit(learner.id)]
+    data["changes"] = [{**asdict(event), "at": iso(event.at)} for event in store.audit(learner.id)]
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
@@ -275,7 +307,10 @@ def tenants_list(app: AppContext) -> None:
     settings = app.settings
     click.echo(f"config: {settings.source}", err=True)
     for name, cfg in sorted(settings.tenants.items()):
-        seats = ", ".join(f"{lic}={n or 'unlimited'}" for lic, n in sorted(cfg.licenses.items())) or "no licenses"
+        seats = (
+            ", ".join(f"{lic}={n or 'unlimited'}" for lic, n in sorted(cfg.licenses.items()))
+            or "no licenses"
+        )
         click.echo(f"{name:<16} mode={cfg.sync_mode:<5} cadence={cfg.cadence:<6} {seats}")
 
 

@@ -189,6 +189,7 @@ def demo_defaults() -> dict[str, Any]:
     return {
         "tenants": {
             "demo": {
+                "authorized_keys": str(DEFAULT_DATA_DIR / "keys" / "demo.pub"),
                 "licenses": {DEMO_LICENSE: 100},
                 "default_license": DEMO_LICENSE,
                 "inactive_group": "Inactive Learners",

@@ -122,10 +122,17 @@ class Service:
         deferred = cfg.cadence == "daily" or size > self.settings.daemon.daily_threshold_bytes
         name = spool.name.split(_SPOOL_SEP, 1)[1]
         job_id = self.jobs.add(
-            tenant=tenant, file_name=name, spool_path=str(spool), sha256=sha256, size=size, deferred=deferred
+            tenant=tenant,
+            file_name=name,
+            spool_path=str(spool),
+            sha256=sha256,
+            size=size,
+            deferred=deferred,
         )
         if job_id is not None:
-            log.info("job_queued", tenant=tenant, job_id=job_id, file=name, bytes=size, deferred=deferred)
+            log.info(
+                "job_queued", tenant=tenant, job_id=job_id, file=name, bytes=size, deferred=deferred
+            )
         return job_id
 
     def _register_orphans(self, tenant: str) -> None:
@@ -172,7 +179,9 @@ class Service:
                 return
             yield JobResult(job.id, tenant, job.file_name, summary.status)
 
-    def _run_guarded(self, job: JobRecord, progress: Progress | None = None, mode: str | None = None) -> Summary | None:
+    def _run_guarded(
+        self, job: JobRecord, progress: Progress | None = None, mode: str | None = None
+    ) -> Summary | None:
         """Run a job; an unexpected failure rolls it back and leaves it queued for the next run,
         until it has failed _MAX_ATTEMPTS times."""
         clock = time.monotonic()
@@ -184,7 +193,9 @@ class Service:
             self._attempt_failed(job, exc)
             return None
         if summary is not None and self.on_job_finished is not None:
-            self.on_job_finished(job.tenant, summary.status, summary.counts, time.monotonic() - clock)
+            self.on_job_finished(
+                job.tenant, summary.status, summary.counts, time.monotonic() - clock
+            )
         return summary
 
     def _attempt_failed(self, job: JobRecord, exc: Exception) -> None:
@@ -192,7 +203,13 @@ class Service:
         log.exception("job_attempt_failed", tenant=job.tenant, job_id=job.id, attempts=attempts)
         message = f"internal error on attempt {attempts}: {type(exc).__name__}: {exc}"
         if attempts >= _MAX_ATTEMPTS:
-            self.jobs.set(job.id, status="failed", attempts=attempts, error_code="internal_error", error_message=message)
+            self.jobs.set(
+                job.id,
+                status="failed",
+                attempts=attempts,
+                error_code="internal_error",
+                error_message=message,
+            )
         else:
             self.jobs.set(job.id, attempts=attempts, error_message=message)
 
@@ -220,7 +237,9 @@ class Service:
         assert job_id is not None
         summary = self.runner.run(self.jobs.get(job_id), mode=mode, progress=progress)
         if summary is None:
-            raise OrgsyncError(f"job {job_id} was taken by another orgsyncd process; see 'orgsyncd jobs show {job_id}'")
+            raise OrgsyncError(
+                f"job {job_id} was taken by another orgsyncd process; see 'orgsyncd jobs show {job_id}'"
+            )
         return summary
 
     def _refuse_if_held(self, tenant: str) -> None:
@@ -243,8 +262,12 @@ class Service:
         return job
 
     def reject(self, job_id: int) -> JobRecord:
-        job = self.jobs.transition(job_id, [HELD], "rejected", status="rejected", finalized=False, finished_at=utcnow())
-        self.runner.write_operator_outcome(job, "rejected", "an operator rejected this file; nothing of it was applied")
+        job = self.jobs.transition(
+            job_id, [HELD], "rejected", status="rejected", finalized=False, finished_at=utcnow()
+        )
+        self.runner.write_operator_outcome(
+            job, "rejected", "an operator rejected this file; nothing of it was applied"
+        )
         log.info("job_rejected", job_id=job_id, tenant=job.tenant)
         return self.jobs.get(job_id)
 
@@ -256,7 +279,16 @@ class Service:
             raise UsageError(f"job {job_id}'s input file is gone (pruned?); upload the file again")
         if source != Path(current.spool_path):
             os.replace(source, current.spool_path)
-        job = self.jobs.transition(job_id, ["failed"], "retried", status=QUEUED, finalized=False, attempts=0, error_code=None, error_message=None)
+        job = self.jobs.transition(
+            job_id,
+            ["failed"],
+            "retried",
+            status=QUEUED,
+            finalized=False,
+            attempts=0,
+            error_code=None,
+            error_message=None,
+        )
         log.info("job_retried", job_id=job_id, tenant=job.tenant)
         return job
 
@@ -270,12 +302,24 @@ class Service:
         licences = cfg.license_types
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(
-            [UID, FIRST, LAST, EMAIL, TITLE, *(f"{lic}_status" for lic in licences), *(escape(f"group/{n}") for _, n in groups)]
+            [
+                UID,
+                FIRST,
+                LAST,
+                EMAIL,
+                TITLE,
+                *(f"{lic}_status" for lic in licences),
+                *(escape(f"group/{n}") for _, n in groups),
+            ]
         )
         count = 0
-        for uid, first, last, email, title, held, *flags in self.learners.export_rows(tenant_id, [g for g, _ in groups]):
+        for uid, first, last, email, title, held, *flags in self.learners.export_rows(
+            tenant_id, [g for g, _ in groups]
+        ):
             status = ["active" if held == lic else "inactive" for lic in licences]
-            writer.writerow([_cell(uid), _cell(first), _cell(last), _cell(email), _cell(title), *status, *flags])
+            writer.writerow(
+                [_cell(uid), _cell(first), _cell(last), _cell(email), _cell(title), *status, *flags]
+            )
             count += 1
             if progress is not None and not count & 0x3FFF:
                 progress(count)

@@ -104,13 +104,16 @@ class RowValidator:
         )
 
     def _failed(self, line: int, key: str | None, code: str, message: str) -> StagedRow:
+        # The identity still goes in, so the row counts as present in a full import.
+        uid = key[2:] if key and key[0] == "u" else None
+        email = key[2:] if key and key[0] == "e" else None
         return (
             line,
             code,
             message,
             key,
-            None,
-            None,
+            uid,
+            email,
             None,
             None,
             None,

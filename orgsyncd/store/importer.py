@@ -84,10 +84,7 @@ def create_staging(conn: Connection, group_count: int) -> None:
     sql.run(
         "CREATE TEMPORARY TABLE stg (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, ukey TEXT, "
         "uid TEXT, email TEXT, first TEXT, last TEXT, title TEXT, lic_on TEXT, lic_off TEXT"
-        f"{groups}, lid BIGINT, adopt INTEGER DEFAULT 0, cur_lic TEXT, cur_status TEXT, "
-        "rel INTEGER DEFAULT 0, act INTEGER DEFAULT 0, chg INTEGER DEFAULT 0, outcome TEXT, "
-        "note TEXT, note_msg TEXT, n_email TEXT, n_uid TEXT, n_first TEXT, n_last TEXT, "
-        "n_title TEXT, n_status TEXT, n_lic TEXT)"
+        f"{groups})"
     )
 
 
@@ -116,112 +113,182 @@ def _copy_pg(conn: Connection, rows: Iterable[StagedRow], columns: list[str]) ->
 
 
 def drop_staging(conn: Connection) -> None:
-    Sql(conn).run("DROP TABLE IF EXISTS stg")
-    Sql(conn).run("DROP TABLE IF EXISTS absent")
+    for table in ("stg", "pl", "absent"):
+        Sql(conn).run(f"DROP TABLE IF EXISTS {table}")
 
 
 class Planner:
-    """Turns the staged rows into outcomes (row errors included) without touching learner data."""
+    """Turns the staged rows into a plan table ``pl``: outcomes, row errors and new values.
+
+    One INSERT ... SELECT does nearly all the work (match by uid/email, current state, licence
+    intents, field and group changes, outcome) with a few index probes per row; the rarer row
+    errors that need the whole file (duplicates, in-file email clashes, seats) are targeted
+    updates afterwards. Learner data is not touched.
+    """
 
     def __init__(self, conn: Connection, req: PlanRequest) -> None:
         self.sql = Sql(conn)
         self.req = req
-        self.p = {"t": req.tenant_id}
+        self.p: dict[str, Any] = {"t": req.tenant_id}
 
     def plan(self) -> Plan:
-        self._index()
-        self._duplicates("ukey", "ukey IS NOT NULL")
+        if self.sql.pg:
+            self.sql.run("ANALYZE stg")
+        self._build()
+        self._duplicates()
         if self.req.has_uid:
             self._email_clashes_in_file()
-        self._match()
-        self._duplicates("lid", "lid IS NOT NULL AND err IS NULL")
-        if self.req.has_uid:
-            self._email_taken()
-        self._current_state()
-        self._new_learners()
+            self._same_learner_twice()
         absent_licensed = self._absent() if self.req.mode == "full" else {}
         self._seats(absent_licensed)
-        self._group_changes()
-        self._outcomes()
         return self._summarise(sum(absent_licensed.values()))
 
-    def _index(self) -> None:
-        self.sql.run("CREATE INDEX stg_ukey ON stg (ukey)")
-        if self.req.has_uid:
-            self.sql.run("CREATE INDEX stg_email ON stg (email)")
+    # -- the one big pass -------------------------------------------------------------------
 
-    def _duplicates(self, key: str, where: str) -> None:
+    def _build(self) -> None:
+        groups = range(len(self.req.groups))
+        gcols = "".join(f", g{i} INTEGER, d{i} INTEGER" for i in groups)
+        self.sql.run("DROP TABLE IF EXISTS pl")
         self.sql.run(
-            f"UPDATE stg SET err = 'duplicate_in_file', msg = 'the same learner is already on line ' "
-            f"|| d.first_line || '; the first occurrence wins' "
-            f"FROM (SELECT {key} AS k, MIN(line) AS first_line FROM stg WHERE {where} "
-            f"GROUP BY {key} HAVING COUNT(*) > 1) d "
-            f"WHERE stg.{key} = d.k AND stg.line > d.first_line AND stg.err IS NULL"
+            "CREATE TEMPORARY TABLE pl (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, ukey TEXT, "
+            f"uid TEXT, email TEXT, lic_on TEXT{gcols}, lid BIGINT, is_new INTEGER, adopt INTEGER, "
+            "echg INTEGER, cur_lic TEXT, cur_status TEXT, rel INTEGER, act INTEGER, chg INTEGER, "
+            "n_email TEXT, n_uid TEXT, n_first TEXT, n_last TEXT, n_title TEXT, n_status TEXT, "
+            "n_lic TEXT, outcome TEXT, note TEXT, note_msg TEXT)"
+        )
+        self.sql.run(self._build_sql(), {**self.p, "base": self._id_base()})
+
+    def _id_base(self) -> int:
+        if self.sql.pg:
+            return 0
+        return int(self.sql.scalar("SELECT COALESCE(MAX(id), 0) FROM learner"))
+
+    def _build_sql(self) -> str:
+        groups = range(len(self.req.groups))
+        gids = self._existing_group_ids()
+        x_groups = "".join(f", m.g{i}, {_group_delta(i, gids[i])} AS d{i}" for i in groups)
+        any_group = "".join(f" OR x.d{i} <> 0" for i in groups)
+        new_id = (
+            "nextval(pg_get_serial_sequence('learner', 'id'))" if self.sql.pg else ":base + m.line"
+        )
+        needle = "'|' || l.license_type || '|'"
+        off = f"(m.lic_off IS NOT NULL AND {self.sql.instr('m.lic_off', needle)} > 0)"
+        ok = "(m.err IS NULL AND m.taken = 0)"
+        values = ", ".join(f"{_new_value(col, db_col)} AS n_{col}" for col, db_col in _TEXT_FIELDS)
+        return f"""
+WITH m AS MATERIALIZED ({self._match_sql()}),
+x AS MATERIALIZED (
+  SELECT m.line, m.ukey, m.uid, m.email, m.lic_on,
+    CASE WHEN m.err IS NOT NULL THEN m.err WHEN m.taken = 1 THEN 'email_taken' END AS err,
+    CASE WHEN m.err IS NOT NULL THEN m.msg WHEN m.taken = 1
+      THEN 'email ' || m.email || ' already belongs to another learner' END AS msg,
+    CASE WHEN m.lid IS NULL AND {ok} THEN {new_id} ELSE m.lid END AS lid,
+    CASE WHEN m.lid IS NULL THEN 1 ELSE 0 END AS is_new, m.adopt,
+    CASE WHEN {ok} AND (l.id IS NULL OR l.email <> m.email) THEN 1 ELSE 0 END AS echg,
+    l.license_type AS cur_lic, l.status AS cur_status,
+    CASE WHEN {ok} AND l.license_type IS NOT NULL AND ({off} OR
+      (m.lic_on IS NOT NULL AND m.lic_on <> l.license_type)) THEN 1 ELSE 0 END AS rel,
+    CASE WHEN {ok} AND m.lic_on IS NOT NULL AND
+      (l.license_type IS NULL OR m.lic_on <> l.license_type) THEN 1 ELSE 0 END AS act,
+    CASE WHEN l.id IS NOT NULL AND ({_field_changes()}) THEN 1 ELSE 0 END AS chg,
+    m.email AS n_email, COALESCE(m.uid, l.uid) AS n_uid, {values}{x_groups}
+  FROM m LEFT JOIN learner l ON l.id = m.lid
+)
+INSERT INTO pl (line, err, msg, ukey, uid, email, lic_on{"".join(f", g{i}, d{i}" for i in groups)},
+  lid, is_new, adopt, echg, cur_lic, cur_status, rel, act, chg, n_email, n_uid, n_first, n_last,
+  n_title, n_status, n_lic, outcome, note, note_msg)
+SELECT x.line, x.err, x.msg, x.ukey, x.uid, x.email, x.lic_on
+  {"".join(f", x.g{i}, x.d{i}" for i in groups)},
+  x.lid, x.is_new, x.adopt, x.echg, x.cur_lic, x.cur_status, x.rel, x.act, x.chg,
+  x.n_email, x.n_uid, x.n_first, x.n_last, x.n_title,
+  CASE WHEN x.act = 1 THEN 'invited' WHEN x.rel = 1 THEN 'deactivated'
+    WHEN x.is_new = 1 THEN 'unassigned' ELSE x.cur_status END,
+  CASE WHEN x.act = 1 THEN x.lic_on WHEN x.rel = 1 THEN NULL ELSE x.cur_lic END,
+  CASE WHEN x.err IS NOT NULL THEN 'error' WHEN x.is_new = 1 THEN 'created'
+    WHEN x.act = 1 AND x.cur_status = 'deactivated' THEN 'reactivated'
+    WHEN x.rel = 1 AND x.act = 0 THEN 'deactivated'
+    WHEN x.act = 1 OR x.rel = 1 OR x.adopt = 1 OR x.chg = 1{any_group} THEN 'updated'
+    ELSE 'unchanged' END,
+  CASE WHEN x.err IS NULL AND x.adopt = 1 THEN 'uid_adopted' END,
+  CASE WHEN x.err IS NULL AND x.adopt = 1
+    THEN 'the learner with this email had no unique_user_id and now has this one' END
+FROM x ORDER BY x.line"""
+
+    def _match_sql(self) -> str:
+        """Which learner each row means. With a uid: that uid's learner; else the email's learner
+        if it has no uid (adoption); an email held by someone else is email_taken."""
+        if not self.req.has_uid:
+            return (
+                "SELECT s.*, le.id AS lid, 0 AS adopt, 0 AS taken FROM stg s "
+                "LEFT JOIN learner le ON le.tenant_id = :t AND le.email = s.email"
+            )
+        return (
+            "SELECT s.*, CASE WHEN lu.id IS NOT NULL THEN lu.id "
+            "WHEN s.uid IS NULL OR le.uid IS NULL THEN le.id END AS lid, "
+            "CASE WHEN lu.id IS NULL AND s.uid IS NOT NULL AND le.id IS NOT NULL "
+            "AND le.uid IS NULL THEN 1 ELSE 0 END AS adopt, "
+            "CASE WHEN s.uid IS NOT NULL AND le.id IS NOT NULL AND ((lu.id IS NULL AND "
+            "le.uid IS NOT NULL) OR (lu.id IS NOT NULL AND le.id <> lu.id)) THEN 1 ELSE 0 END "
+            "AS taken FROM stg s "
+            "LEFT JOIN learner lu ON lu.tenant_id = :t AND lu.uid = s.uid "
+            "LEFT JOIN learner le ON le.tenant_id = :t AND le.email = s.email"
+        )
+
+    def _existing_group_ids(self) -> list[int | None]:
+        ids = dict(
+            self.sql.run(
+                "SELECT name_key, id FROM learner_group WHERE tenant_id = :t", self.p
+            ).all()
+        )
+        return [ids.get(name.casefold()) for name in self.req.groups]
+
+    # -- row errors that need the whole file --------------------------------------------------
+
+    def _mark(self, code: str, message_sql: str, source: str, key: str) -> None:
+        self.sql.run(
+            f"UPDATE pl SET err = '{code}', outcome = 'error', note = NULL, note_msg = NULL, "
+            f"msg = {message_sql} FROM ({source}) d "
+            f"WHERE pl.{key} = d.k AND pl.line > d.first_line AND pl.err IS NULL"
+        )
+
+    def _duplicates(self) -> None:
+        self._mark(
+            "duplicate_in_file",
+            "'the same learner is already on line ' || d.first_line || '; the first occurrence wins'",
+            "SELECT ukey AS k, MIN(line) AS first_line FROM pl WHERE ukey IS NOT NULL "
+            "GROUP BY ukey HAVING COUNT(*) > 1",
+            "ukey",
         )
 
     def _email_clashes_in_file(self) -> None:
-        self.sql.run(
-            "UPDATE stg SET err = 'email_taken', msg = 'email ' || stg.email || "
-            "' is already used on line ' || d.first_line || ' by another learner' "
-            "FROM (SELECT email AS k, MIN(line) AS first_line FROM stg WHERE err IS NULL "
-            "GROUP BY email HAVING COUNT(*) > 1) d "
-            "WHERE stg.email = d.k AND stg.line > d.first_line AND stg.err IS NULL"
+        # Only rows that bring an email a learner doesn't have yet can clash with each other.
+        self._mark(
+            "email_taken",
+            "'email ' || pl.email || ' is already used on line ' || d.first_line "
+            "|| ' by another learner'",
+            "SELECT email AS k, MIN(line) AS first_line FROM pl WHERE err IS NULL AND echg = 1 "
+            "GROUP BY email HAVING COUNT(*) > 1",
+            "email",
         )
 
-    def _match(self) -> None:
-        if self.req.has_uid:
-            self.sql.run(
-                "UPDATE stg SET lid = l.id FROM learner l "
-                "WHERE l.tenant_id = :t AND stg.uid IS NOT NULL AND l.uid = stg.uid",
-                self.p,
-            )
-        # A new uid whose email belongs to a learner without one adopts that learner.
-        self.sql.run(
-            "UPDATE stg SET lid = l.id, adopt = CASE WHEN stg.uid IS NULL THEN 0 ELSE 1 END "
-            "FROM learner l WHERE stg.lid IS NULL AND l.tenant_id = :t AND l.email = stg.email "
-            "AND (stg.uid IS NULL OR l.uid IS NULL)",
-            self.p,
-        )
-        self.sql.run("CREATE INDEX stg_lid ON stg (lid)")
-
-    def _email_taken(self) -> None:
-        self.sql.run(
-            "UPDATE stg SET err = 'email_taken', msg = 'email ' || stg.email || "
-            "' already belongs to another learner' FROM learner o "
-            "WHERE stg.err IS NULL AND stg.uid IS NOT NULL AND o.tenant_id = :t "
-            "AND o.email = stg.email AND (stg.lid IS NULL OR o.id <> stg.lid)",
-            self.p,
-        )
-
-    def _current_state(self) -> None:
-        needle = "'|' || l.license_type || '|'"
-        has_off = f"(stg.lic_off IS NOT NULL AND {self.sql.instr('stg.lic_off', needle)} > 0)"
-        new_values = [f"n_{col} = {_new_value(col, db_col)}" for col, db_col in _TEXT_FIELDS]
-        self.sql.run(
-            "UPDATE stg SET cur_lic = l.license_type, cur_status = l.status, "
-            "rel = CASE WHEN l.license_type IS NOT NULL AND "
-            f"({has_off} OR (stg.lic_on IS NOT NULL AND stg.lic_on <> l.license_type)) "
-            "THEN 1 ELSE 0 END, "
-            "act = CASE WHEN stg.lic_on IS NOT NULL AND "
-            "(l.license_type IS NULL OR stg.lic_on <> l.license_type) THEN 1 ELSE 0 END, "
-            "n_email = stg.email, n_uid = COALESCE(stg.uid, l.uid), "
-            f"{', '.join(new_values)}, chg = CASE WHEN {_field_changes()} THEN 1 ELSE 0 END "
-            "FROM learner l WHERE l.id = stg.lid AND stg.err IS NULL"
-        )
-
-    def _new_learners(self) -> None:
-        self.sql.run(
-            "UPDATE stg SET act = CASE WHEN lic_on IS NULL THEN 0 ELSE 1 END, n_email = email, "
-            "n_uid = uid, n_first = NULLIF(first, ''), n_last = NULLIF(last, ''), "
-            "n_title = NULLIF(title, '') WHERE lid IS NULL AND err IS NULL"
+    def _same_learner_twice(self) -> None:
+        # A row without uid can reach, by email, the learner another row reached by uid.
+        self._mark(
+            "duplicate_in_file",
+            "'the same learner is already on line ' || d.first_line || '; the first occurrence wins'",
+            "SELECT lid AS k, MIN(line) AS first_line FROM pl WHERE is_new = 0 AND lid IN "
+            "(SELECT lid FROM pl WHERE uid IS NULL AND is_new = 0 AND lid IS NOT NULL) "
+            "GROUP BY lid HAVING COUNT(*) > 1",
+            "lid",
         )
 
     def _absent(self) -> dict[str, int]:
         """Full mode: learners the file leaves out (rows with errors still count as present)."""
+        self.sql.run("DROP TABLE IF EXISTS absent")
         self.sql.run(
             "CREATE TEMPORARY TABLE absent AS SELECT id AS lid, license_type AS cur_lic, "
             "status AS cur_status FROM learner WHERE tenant_id = :t AND status <> 'deactivated' "
-            "AND id NOT IN (SELECT lid FROM stg WHERE lid IS NOT NULL)",
+            "AND id NOT IN (SELECT lid FROM pl WHERE is_new = 0 AND lid IS NOT NULL)",
             self.p,
         )
         rows = self.sql.run(
@@ -234,16 +301,16 @@ class Planner:
         if not limited:
             return
         wanted = self._counts(
-            "SELECT lic_on, COUNT(*) FROM stg WHERE err IS NULL AND act = 1 GROUP BY lic_on"
+            "SELECT lic_on, COUNT(*) FROM pl WHERE err IS NULL AND act = 1 GROUP BY lic_on"
         )
         in_use = self._counts(
             "SELECT license_type, COUNT(*) FROM learner WHERE tenant_id = :t "
             "AND license_type IS NOT NULL GROUP BY license_type"
         )
         # Seats freed by this file (pure releases) are reusable by it; a reassignment's old seat
-        # is not counted, since the row may still fail and keep it.
+        # is not counted, since that row may still fail and keep it.
         freed = self._counts(
-            "SELECT cur_lic, COUNT(*) FROM stg WHERE err IS NULL AND rel = 1 AND lic_on IS NULL "
+            "SELECT cur_lic, COUNT(*) FROM pl WHERE err IS NULL AND rel = 1 AND act = 0 "
             "GROUP BY cur_lic"
         )
         for lic, seats in limited.items():
@@ -256,9 +323,9 @@ class Planner:
 
     def _refuse_seats(self, lic: str, seats: int, free: int) -> None:
         self.sql.run(
-            "UPDATE stg SET err = 'no_seats', msg = :msg FROM (SELECT line AS l2, ROW_NUMBER() "
-            "OVER (ORDER BY line) AS rn FROM stg WHERE err IS NULL AND act = 1 AND lic_on = :lic) r "
-            "WHERE stg.line = r.l2 AND r.rn > :free",
+            "UPDATE pl SET err = 'no_seats', outcome = 'error', note = NULL, note_msg = NULL, "
+            "msg = :msg FROM (SELECT line AS l2, ROW_NUMBER() OVER (ORDER BY line) AS rn FROM pl "
+            "WHERE err IS NULL AND act = 1 AND lic_on = :lic) r WHERE pl.line = r.l2 AND r.rn > :free",
             {
                 "lic": lic,
                 "free": free,
@@ -266,45 +333,11 @@ class Planner:
             },
         )
 
-    def _group_changes(self) -> None:
-        for i, gid in enumerate(self._existing_group_ids()):
-            if gid is None:
-                continue
-            self.sql.run(
-                f"UPDATE stg SET chg = 1 WHERE lid IS NOT NULL AND err IS NULL AND chg = 0 "
-                f"AND g{i} IS NOT NULL AND g{i} <> (CASE WHEN EXISTS (SELECT 1 FROM membership m "
-                f"WHERE m.group_id = :gid AND m.learner_id = stg.lid) THEN 1 ELSE 0 END)",
-                {"gid": gid},
-            )
-
-    def _existing_group_ids(self) -> list[int | None]:
-        ids = dict(
-            self.sql.run(
-                "SELECT name_key, id FROM learner_group WHERE tenant_id = :t", self.p
-            ).all()
-        )
-        return [ids.get(name.casefold()) for name in self.req.groups]
-
-    def _outcomes(self) -> None:
-        self.sql.run(
-            "UPDATE stg SET "
-            "n_lic = CASE WHEN act = 1 THEN lic_on WHEN rel = 1 THEN NULL ELSE cur_lic END, "
-            "n_status = CASE WHEN act = 1 THEN 'invited' WHEN rel = 1 THEN 'deactivated' "
-            "WHEN lid IS NULL THEN 'unassigned' ELSE cur_status END, "
-            "outcome = CASE WHEN err IS NOT NULL THEN 'error' WHEN lid IS NULL THEN 'created' "
-            "WHEN act = 1 AND cur_status = 'deactivated' THEN 'reactivated' "
-            "WHEN rel = 1 AND act = 0 THEN 'deactivated' "
-            "WHEN act = 1 OR rel = 1 OR adopt = 1 OR chg = 1 THEN 'updated' ELSE 'unchanged' END, "
-            "note = CASE WHEN err IS NULL AND adopt = 1 THEN 'uid_adopted' END, "
-            "note_msg = CASE WHEN err IS NULL AND adopt = 1 THEN "
-            "'the learner with this email had no unique_user_id and now has this one' END"
-        )
+    # -- summary and safety threshold ---------------------------------------------------------
 
     def _summarise(self, absent_licensed: int) -> Plan:
         plan = Plan()
-        plan.counts = {
-            o: n for o, n in self.sql.run("SELECT outcome, COUNT(*) FROM stg GROUP BY outcome")
-        }
+        plan.counts = dict(self.sql.run("SELECT outcome, COUNT(*) FROM pl GROUP BY outcome").all())
         if self.req.mode == "full":
             plan.absent = int(self.sql.scalar("SELECT COUNT(*) FROM absent"))
         plan.licensed = int(
@@ -321,8 +354,7 @@ class Planner:
         cfg = self.req.tenant
         if self.req.mode != "full" or self.req.approved or plan.deactivations == 0:
             return None
-        ratio_limit = cfg.max_deactivation_ratio * plan.licensed
-        over_ratio = plan.deactivations > ratio_limit
+        over_ratio = plan.deactivations > cfg.max_deactivation_ratio * plan.licensed
         over_count = (
             cfg.max_deactivations is not None and plan.deactivations > cfg.max_deactivations
         )
@@ -341,18 +373,30 @@ class Planner:
         )
 
 
+def _group_delta(i: int, gid: int | None) -> str:
+    """+1 join, -1 leave, 0 no change, for group column i of a valid row."""
+    joins = f"CASE WHEN m.g{i} = 1 THEN 1 ELSE 0 END"
+    if gid is None:  # the group does not exist yet: nobody is a member
+        return (
+            f"CASE WHEN m.err IS NOT NULL OR m.taken = 1 OR m.g{i} IS NULL THEN 0 ELSE {joins} END"
+        )
+    member = f"EXISTS (SELECT 1 FROM membership mm WHERE mm.group_id = {int(gid)} AND mm.learner_id = m.lid)"
+    return (
+        f"CASE WHEN m.err IS NOT NULL OR m.taken = 1 OR m.g{i} IS NULL THEN 0 "
+        f"WHEN m.lid IS NULL THEN {joins} "
+        f"WHEN {member} THEN (CASE WHEN m.g{i} = 0 THEN -1 ELSE 0 END) ELSE {joins} END"
+    )
+
+
 def _new_value(col: str, db_col: str) -> str:
-    return f"CASE WHEN stg.{col} IS NULL THEN l.{db_col} WHEN stg.{col} = '' THEN NULL ELSE stg.{col} END"
+    return f"CASE WHEN m.{col} IS NULL THEN l.{db_col} WHEN m.{col} = '' THEN NULL ELSE m.{col} END"
 
 
 def _field_changes() -> str:
     checks = [
         f"({_new_value(col, db_col)}) IS DISTINCT FROM l.{db_col}" for col, db_col in _TEXT_FIELDS
     ]
-    checks += [
-        "stg.email IS DISTINCT FROM l.email",
-        "COALESCE(stg.uid, l.uid) IS DISTINCT FROM l.uid",
-    ]
+    checks += ["m.email IS DISTINCT FROM l.email", "COALESCE(m.uid, l.uid) IS DISTINCT FROM l.uid"]
     return " OR ".join(checks)
 
 
@@ -369,8 +413,7 @@ class Applier:
         full = self.req.mode == "full"
         group_ids = self._ensure_groups()
         inactive = self._inactive_group_id()
-        self._assign_new_ids()
-        self._audit(full, group_ids)
+        self._audit(full)
         self._release_licences(full)
         self._update_learners(full)
         self._insert_learners()
@@ -398,17 +441,7 @@ class Applier:
         )
         return int(gid)
 
-    def _assign_new_ids(self) -> None:
-        if self.sql.pg:
-            self.sql.run(
-                "UPDATE stg SET lid = nextval(pg_get_serial_sequence('learner', 'id')) "
-                "WHERE outcome = 'created'"
-            )
-            return
-        base = int(self.sql.scalar("SELECT COALESCE(MAX(id), 0) FROM learner"))
-        self.sql.run("UPDATE stg SET lid = :base + line WHERE outcome = 'created'", {"base": base})
-
-    def _audit(self, full: bool, group_ids: list[int]) -> None:
+    def _audit(self, full: bool) -> None:
         before = self.sql.json_object(
             _snapshot(
                 "l.email",
@@ -447,12 +480,12 @@ class Applier:
         )
         insert = "INSERT INTO audit_event (job_id, learner_id, action, before, after, at) "
         self.sql.run(
-            f"{insert} SELECT :job, s.lid, s.outcome, {before}, {after}, :now FROM stg s "
+            f"{insert} SELECT :job, s.lid, s.outcome, {before}, {after}, :now FROM pl s "
             f"JOIN learner l ON l.id = s.lid WHERE s.outcome IN {_APPLIED}",
             self.p,
         )
         self.sql.run(
-            f"{insert} SELECT :job, s.lid, 'created', NULL, {created}, :now FROM stg s "
+            f"{insert} SELECT :job, s.lid, 'created', NULL, {created}, :now FROM pl s "
             "WHERE s.outcome = 'created'",
             self.p,
         )
@@ -468,27 +501,24 @@ class Applier:
                 "FROM absent a",
                 self.p,
             )
-        self._audit_groups(group_ids)
+        self._audit_groups()
 
-    def _audit_groups(self, group_ids: list[int]) -> None:
+    def _audit_groups(self) -> None:
         insert = "INSERT INTO audit_event (job_id, learner_id, action, before, after, at) "
-        for i, gid in enumerate(group_ids):
-            name = {**self.p, "gid": gid, "name": self.req.groups[i]}
-            member = "EXISTS (SELECT 1 FROM membership m WHERE m.group_id = :gid AND m.learner_id = s.lid)"
-            for flag, action, test in (
-                (1, "group_added", f"NOT {member}"),
-                (0, "group_removed", member),
-            ):
+        for i in range(len(self.req.groups)):
+            name = {**self.p, "name": self.req.groups[i]}
+            for delta, action in ((1, "group_added"), (-1, "group_removed")):
                 self.sql.run(
-                    f"{insert} SELECT :job, s.lid, '{action}', NULL, :name, :now FROM stg s "
-                    f"WHERE s.outcome IN {_APPLIED} AND s.g{i} = {flag} AND {test}",
+                    f"{insert} SELECT :job, s.lid, '{action}', NULL, :name, :now FROM pl s "
+                    f"WHERE s.outcome IN {_APPLIED} AND s.d{i} = {delta}",
                     name,
                 )
 
     def _release_licences(self, full: bool) -> None:
         end = "UPDATE license_assignment SET ended_at = :now, ended_job_id = :job WHERE ended_at IS NULL "
         self.sql.run(
-            f"{end} AND learner_id IN (SELECT lid FROM stg WHERE err IS NULL AND rel = 1)", self.p
+            f"{end} AND learner_id IN (SELECT lid FROM pl WHERE outcome <> 'error' AND rel = 1)",
+            self.p,
         )
         if full:
             self.sql.run(f"{end} AND learner_id IN (SELECT lid FROM absent)", self.p)
@@ -497,7 +527,7 @@ class Applier:
         self.sql.run(
             "UPDATE learner SET email = s.n_email, uid = s.n_uid, first_name = s.n_first, "
             "last_name = s.n_last, title = s.n_title, status = s.n_status, license_type = s.n_lic, "
-            "updated_job_id = :job, updated_at = :now FROM stg s "
+            "updated_job_id = :job, updated_at = :now FROM pl s "
             f"WHERE learner.id = s.lid AND s.outcome IN {_APPLIED}",
             self.p,
         )
@@ -513,36 +543,38 @@ class Applier:
             "INSERT INTO learner (id, tenant_id, uid, email, first_name, last_name, title, status, "
             "license_type, created_job_id, updated_job_id, created_at, updated_at) "
             "SELECT lid, :t, n_uid, n_email, n_first, n_last, n_title, n_status, n_lic, :job, :job, "
-            ":now, :now FROM stg WHERE outcome = 'created' ORDER BY lid",
+            ":now, :now FROM pl WHERE outcome = 'created' ORDER BY lid",
             self.p,
         )
 
     def _grant_licences(self) -> None:
         self.sql.run(
             "INSERT INTO license_assignment (tenant_id, learner_id, license_type, started_at, "
-            "started_job_id) SELECT :t, lid, lic_on, :now, :job FROM stg "
-            "WHERE err IS NULL AND act = 1 ORDER BY lid",
+            "started_job_id) SELECT :t, lid, lic_on, :now, :job FROM pl "
+            "WHERE outcome <> 'error' AND act = 1 ORDER BY lid",
             self.p,
         )
 
     def _apply_groups(self, group_ids: list[int], inactive: int | None) -> None:
         # With an inactive group, a deactivated learner's group columns are overruled by the move.
-        eligible = "err IS NULL" + (" AND outcome <> 'deactivated'" if inactive is not None else "")
+        eligible = "outcome <> 'error'" + (
+            " AND outcome <> 'deactivated'" if inactive is not None else ""
+        )
         for i, gid in enumerate(group_ids):
             params = {"gid": gid}
             self.sql.run(
-                "INSERT INTO membership (group_id, learner_id) SELECT :gid, lid FROM stg "
-                f"WHERE {eligible} AND g{i} = 1 ON CONFLICT DO NOTHING",
+                "INSERT INTO membership (group_id, learner_id) SELECT :gid, lid FROM pl "
+                f"WHERE {eligible} AND d{i} = 1 ON CONFLICT DO NOTHING",
                 params,
             )
             self.sql.run(
                 "DELETE FROM membership WHERE group_id = :gid AND learner_id IN "
-                f"(SELECT lid FROM stg WHERE {eligible} AND g{i} = 0)",
+                f"(SELECT lid FROM pl WHERE {eligible} AND d{i} = -1)",
                 params,
             )
 
     def _move_to_inactive(self, inactive: int, full: bool) -> None:
-        gone = "SELECT lid FROM stg WHERE outcome = 'deactivated'"
+        gone = "SELECT lid FROM pl WHERE outcome = 'deactivated'"
         if full:
             gone += " UNION ALL SELECT lid FROM absent"
         params = {"gid": inactive}
@@ -556,7 +588,7 @@ class Applier:
         )
         self.sql.run(
             "DELETE FROM membership WHERE group_id = :gid AND learner_id IN "
-            "(SELECT lid FROM stg WHERE outcome = 'reactivated')",
+            "(SELECT lid FROM pl WHERE outcome = 'reactivated')",
             params,
         )
 
@@ -570,7 +602,7 @@ def result_lines(conn: Connection) -> Iterator[tuple[int, str, str | None, str |
     """(line, outcome, code, message) in file order, streamed from the staging table."""
     result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(
         text(
-            "SELECT line, outcome, COALESCE(err, note), COALESCE(msg, note_msg) FROM stg ORDER BY line"
+            "SELECT line, outcome, COALESCE(err, note), COALESCE(msg, note_msg) FROM pl ORDER BY line"
         )
     )
     for line, outcome, code, message in result:

@@ -62,9 +62,15 @@ class LearnerStore:
 
     def count(self, tenant_id: int) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(text("SELECT COUNT(*) FROM learner WHERE tenant_id = :t"), {"t": tenant_id}).scalar_one())
+            return int(
+                conn.execute(
+                    text("SELECT COUNT(*) FROM learner WHERE tenant_id = :t"), {"t": tenant_id}
+                ).scalar_one()
+            )
 
-    def list(self, tenant_id: int, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[LearnerView]:
+    def list(
+        self, tenant_id: int, *, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[LearnerView]:
         where = "tenant_id = :t" + (" AND status = :s" if status else "")
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -88,7 +94,9 @@ class LearnerStore:
                 {"t": tenant_id, "e": email_or_uid.strip().lower(), "u": email_or_uid.strip()},
             ).first()
             if row is None:
-                raise NotFoundError(f"no learner with email or unique_user_id {email_or_uid!r} in this tenant")
+                raise NotFoundError(
+                    f"no learner with email or unique_user_id {email_or_uid!r} in this tenant"
+                )
             groups = self._groups_of(conn, [row[0]])
         return self._view(row, groups.get(row[0], []))
 
@@ -102,17 +110,28 @@ class LearnerStore:
                 {"l": learner_id},
             ).all()
         return [
-            LicenceSpan(license_type=r[0], started_at=r[1], started_job_id=r[2], ended_at=r[3], ended_job_id=r[4])
+            LicenceSpan(
+                license_type=r[0],
+                started_at=r[1],
+                started_job_id=r[2],
+                ended_at=r[3],
+                ended_job_id=r[4],
+            )
             for r in rows
         ]
 
     def audit(self, learner_id: int) -> list[AuditView]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                text("SELECT job_id, action, before, after, at FROM audit_event WHERE learner_id = :l ORDER BY id"),
+                text(
+                    "SELECT job_id, action, before, after, at FROM audit_event WHERE learner_id = :l ORDER BY id"
+                ),
                 {"l": learner_id},
             ).all()
-        return [AuditView(job_id=r[0], action=r[1], before=_json(r[2]), after=_json(r[3]), at=r[4]) for r in rows]
+        return [
+            AuditView(job_id=r[0], action=r[1], before=_json(r[2]), after=_json(r[3]), at=r[4])
+            for r in rows
+        ]
 
     def _groups_of(self, conn: Connection, ids: list[int]) -> dict[int, list[str]]:
         if not ids:
@@ -150,7 +169,8 @@ class LearnerStore:
     def group_names(self, tenant_id: int) -> list[tuple[int, str]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                text("SELECT id, name FROM learner_group WHERE tenant_id = :t ORDER BY name_key"), {"t": tenant_id}
+                text("SELECT id, name FROM learner_group WHERE tenant_id = :t ORDER BY name_key"),
+                {"t": tenant_id},
             ).all()
         return [(int(r[0]), str(r[1])) for r in rows]
 
@@ -161,14 +181,18 @@ class LearnerStore:
         """
         position = {gid: i for i, gid in enumerate(group_ids)}
         with self.engine.connect() as learners_conn, self.engine.connect() as members_conn:
-            learners = learners_conn.execution_options(stream_results=True, yield_per=EXPORT_BATCH).execute(
+            learners = learners_conn.execution_options(
+                stream_results=True, yield_per=EXPORT_BATCH
+            ).execute(
                 text(
                     "SELECT id, uid, first_name, last_name, email, title, license_type FROM learner "
                     "WHERE tenant_id = :t ORDER BY id"
                 ),
                 {"t": tenant_id},
             )
-            members = members_conn.execution_options(stream_results=True, yield_per=EXPORT_BATCH).execute(
+            members = members_conn.execution_options(
+                stream_results=True, yield_per=EXPORT_BATCH
+            ).execute(
                 text(
                     "SELECT m.learner_id, m.group_id FROM membership m JOIN learner l ON l.id = m.learner_id "
                     "WHERE l.tenant_id = :t ORDER BY m.learner_id"

@@ -1,0 +1,387 @@
+"""What one tenant can do to its own tree, as blocking calls (``sftp.py`` runs them in threads).
+
+The client sees a virtual tree::
+
+    /             lists the four areas below
+    /inbox/       files may be written, renamed and removed; nothing else
+    /results/ /exports/ /archive/   read-only
+
+Client paths are text: they are normalised against ``/`` (so ``..`` cannot climb out), split into an
+area and a name, and only then joined onto the tenant root. Symlinks are never followed: the final
+component is opened with ``O_NOFOLLOW``/``lstat``, and the directory holding it must resolve (via
+``realpath``) inside the same area. Errors are ``OSError`` with an errno asyncssh maps to an SFTP
+status and a message written for the client.
+
+An upload is written to a staging file outside the visible tree and moved into ``inbox/`` only by
+:meth:`TenantFS.commit`; :meth:`TenantFS.discard` throws it away.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orgsyncd.paths import VISIBLE_DIRS, atomic_replace, staging_dir, tenant_dirs
+
+WRITABLE_AREA = "inbox"
+STAGING_SUFFIX = ".upload"
+UPLOAD_MODE = 0o640
+_NAME_MAX = 255
+# The most one read request may ask for (asyncssh's own limit on a read reply).
+MAX_READ = 4 * 1024 * 1024
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_STAGING_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMode:
+    """The parts of SFTP open flags we act on."""
+
+    read: bool = False
+    write: bool = False
+    create: bool = False
+    truncate: bool = False
+    exclusive: bool = False
+    append: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VPath:
+    """A normalised client path: ``area`` is None for ``/``; ``parts`` lie below the area."""
+
+    area: str | None
+    parts: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return "/" + "/".join(p for p in (self.area, *self.parts) if p)
+
+    @property
+    def is_inbox_file(self) -> bool:
+        return self.area == WRITABLE_AREA and len(self.parts) == 1
+
+
+@dataclass(eq=False, slots=True)
+class Download:
+    fd: int
+    vpath: VPath
+
+
+@dataclass(eq=False, slots=True)
+class Upload:
+    """A file being written: bytes go to ``staging``; ``target`` is where commit puts them."""
+
+    fd: int | None
+    staging: Path
+    target: Path
+    name: str
+    readable: bool
+    append: bool
+    size: int = 0
+    rejected: str | None = None
+    unflushed: int = field(default=0, repr=False)
+
+
+Handle = Download | Upload
+
+
+def parse_vpath(raw: bytes) -> VPath:
+    """Normalise a client path; ``..`` stops at ``/`` and repeated slashes collapse."""
+    text = os.fsdecode(raw)
+    if "\x00" in text:
+        raise OSError(errno.EINVAL, "file names cannot contain NUL")
+    normal = posixpath.normpath(posixpath.join("/", text))
+    parts = tuple(p for p in normal.split("/") if p)
+    if not parts:
+        return VPath(None)
+    if parts[0] not in VISIBLE_DIRS:
+        raise OSError(errno.ENOENT, f"no such file or directory: {normal}")
+    return VPath(parts[0], parts[1:])
+
+
+def virtual_realpath(raw: bytes) -> bytes:
+    """The canonical form of a client path, without touching the disk."""
+    return os.fsencode(posixpath.normpath(posixpath.join("/", os.fsdecode(raw))).replace("//", "/"))
+
+
+class TenantFS:
+    """One tenant's tree on disk, seen through the rules above."""
+
+    def __init__(self, data_dir: Path, tenant: str, max_file_bytes: int) -> None:
+        dirs = tenant_dirs(data_dir, tenant)
+        self.tenant = tenant
+        self.root = dirs.root
+        self.inbox = dirs.inbox
+        self.staging = staging_dir(data_dir)
+        self.max_file_bytes = max_file_bytes
+        self._real_root = os.path.realpath(self.root)
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def _local(self, vpath: VPath) -> Path:
+        if vpath.area is None:
+            return self.root
+        return self.root.joinpath(vpath.area, *vpath.parts)
+
+    def _check_contained(self, vpath: VPath, directory: Path) -> None:
+        """*directory* must resolve inside the area it is named under (no symlinked escape)."""
+        real = os.path.realpath(directory)
+        if vpath.area is None:
+            allowed = self._real_root
+            inside = real == allowed
+        else:
+            allowed = f"{self._real_root}{os.sep}{vpath.area}"
+            inside = real == allowed or real.startswith(allowed + os.sep)
+        if not inside:
+            raise OSError(errno.ENOENT, f"no such file or directory: {vpath.text}")
+
+    def _checked_local(self, vpath: VPath) -> Path:
+        """The local path of a file: its parent directory is checked, the name itself is not."""
+        local = self._local(vpath)
+        if vpath.parts:
+            self._check_contained(vpath, local.parent)
+        return local
+
+    def _lstat(self, vpath: VPath) -> os.stat_result:
+        """lstat, treating symlinks and other oddities as absent: they are not ours to show."""
+        if vpath.area is None:
+            return self.root.stat()
+        local = self._checked_local(vpath)
+        if not vpath.parts:
+            self._check_contained(vpath, local)
+        try:
+            st = os.lstat(local)
+        except FileNotFoundError:
+            raise OSError(errno.ENOENT, f"no such file or directory: {vpath.text}") from None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise OSError(errno.ENOENT, f"no such file or directory: {vpath.text}")
+        return st
+
+    # -- read-side operations ------------------------------------------------------------------
+
+    def stat(self, raw: bytes) -> os.stat_result:
+        return self._lstat(parse_vpath(raw))
+
+    def listdir(self, raw: bytes) -> list[tuple[str, os.stat_result]]:
+        vpath = parse_vpath(raw)
+        if vpath.area is None:
+            return [(area, self._lstat(VPath(area))) for area in VISIBLE_DIRS]
+        local = self._local(vpath)
+        self._check_contained(vpath, local)
+        if not stat.S_ISDIR(self._lstat(vpath).st_mode):
+            raise OSError(errno.ENOTDIR, f"not a directory: {vpath.text}")
+        return _regular_entries(local)
+
+    def open(self, raw: bytes, mode: OpenMode) -> Handle:
+        vpath = parse_vpath(raw)
+        if mode.write or mode.append or mode.create or mode.truncate:
+            return self._open_upload(vpath, mode)
+        return self._open_download(vpath)
+
+    def _open_download(self, vpath: VPath) -> Download:
+        local = self._checked_local(vpath)
+        try:
+            fd = os.open(local, _READ_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOENT):
+                raise OSError(errno.ENOENT, f"no such file: {vpath.text}") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EISDIR, f"not a regular file: {vpath.text}")
+        return Download(fd, vpath)
+
+    def read(self, handle: Handle, offset: int, size: int) -> bytes:
+        if isinstance(handle, Upload) and not handle.readable:
+            raise OSError(errno.EBADF, "file was not opened for reading")
+        return os.pread(_fd(handle), min(size, MAX_READ), offset)
+
+    def fstat(self, handle: Handle) -> os.stat_result:
+        return os.fstat(_fd(handle))
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.statvfs(self.root)
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    def _open_upload(self, vpath: VPath, mode: OpenMode) -> Upload:
+        target = self._writable_target(vpath, "upload")
+        existing = _lstat_or_none(target)
+        if existing is not None:
+            if not stat.S_ISREG(existing.st_mode):
+                raise OSError(errno.EACCES, f"cannot write over {vpath.text}")
+            if mode.exclusive:
+                raise OSError(errno.EEXIST, f"file already exists: {vpath.text}")
+        elif not mode.create:
+            raise OSError(errno.ENOENT, f"no such file: {vpath.text}")
+        upload = self._new_upload(target, vpath.parts[0], mode)
+        if existing is not None and not mode.truncate:
+            # Opened without truncation (resume, append): the staging copy starts as the old file.
+            self._copy_existing(upload)
+        return upload
+
+    def _writable_target(self, vpath: VPath, action: str) -> Path:
+        if not vpath.is_inbox_file:
+            raise OSError(errno.EACCES, f"cannot {action} {vpath.text}: only files in /inbox are")
+        if len(os.fsencode(vpath.parts[0])) > _NAME_MAX:
+            raise OSError(errno.ENAMETOOLONG, "file name too long")
+        return self._checked_local(vpath)
+
+    def _new_upload(self, target: Path, name: str, mode: OpenMode) -> Upload:
+        staging = self.staging / f"{self.tenant}.{secrets.token_hex(8)}{STAGING_SUFFIX}"
+        fd = os.open(staging, _STAGING_FLAGS, UPLOAD_MODE)
+        return Upload(
+            fd=fd, staging=staging, target=target, name=name, readable=mode.read, append=mode.append
+        )
+
+    def _copy_existing(self, upload: Upload) -> None:
+        try:
+            shutil.copyfile(upload.target, upload.staging)  # sendfile(2) under the hood
+            upload.size = os.fstat(_fd(upload)).st_size
+        except BaseException:
+            self.discard(upload)
+            raise
+        if upload.size > self.max_file_bytes:
+            self._reject(upload)
+
+    def write(self, upload: Upload, offset: int, data: bytes) -> int:
+        """Write at *offset* (append handles: at the end); past the size limit rejects the file."""
+        if upload.rejected:
+            raise OSError(errno.EFBIG, upload.rejected)
+        if upload.append:
+            offset = upload.size
+        end = offset + len(data)
+        if end > self.max_file_bytes:
+            self._reject(upload)
+        _pwrite_all(_fd(upload), data, offset)
+        upload.size = max(upload.size, end)
+        upload.unflushed += len(data)
+        return len(data)
+
+    def _reject(self, upload: Upload) -> None:
+        upload.rejected = (
+            f"upload rejected: {upload.name} exceeds the maximum file size of "
+            f"{self.max_file_bytes} bytes"
+        )
+        self.discard(upload)  # free the disk now; the client will still close its handle
+        raise OSError(errno.EFBIG, upload.rejected)
+
+    def flush(self, upload: Upload) -> None:
+        """Push written data to disk ahead of commit, so the final fsync has little left to do."""
+        if upload.fd is not None:
+            os.fdatasync(upload.fd)
+
+    def commit(self, upload: Upload) -> Path:
+        """Make the upload durable and move it into the inbox under its name; return that path."""
+        if upload.rejected:
+            raise OSError(errno.EFBIG, upload.rejected)
+        try:
+            fd = _fd(upload)
+            os.fsync(fd)
+            os.close(fd)
+            upload.fd = None
+            _move_into_place(upload.staging, upload.target)
+        except BaseException:
+            self.discard(upload)
+            raise
+        return upload.target
+
+    def discard(self, upload: Upload) -> None:
+        """Close and delete the staging file; safe to call more than once."""
+        if upload.fd is not None:
+            os.close(upload.fd)
+            upload.fd = None
+        upload.staging.unlink(missing_ok=True)
+
+    def close_download(self, download: Download) -> None:
+        os.close(download.fd)
+
+    # -- inbox housekeeping ------------------------------------------------------------------
+
+    def remove(self, raw: bytes) -> None:
+        vpath = parse_vpath(raw)
+        target = self._writable_target(vpath, "remove")
+        self._require_regular(target, vpath)
+        target.unlink()
+
+    def rename(self, old_raw: bytes, new_raw: bytes, *, overwrite: bool) -> tuple[str, Path]:
+        """Rename within the inbox; return the old name and the new local path."""
+        old, new = parse_vpath(old_raw), parse_vpath(new_raw)
+        source = self._writable_target(old, "rename")
+        target = self._writable_target(new, "rename to")
+        self._require_regular(source, old)
+        existing = _lstat_or_none(target)
+        if existing is not None and (not overwrite or not stat.S_ISREG(existing.st_mode)):
+            # Plain SFTP rename must not replace (posix-rename@openssh.com may, but only a file).
+            raise OSError(errno.EEXIST, f"file already exists: {new.text}")
+        source.replace(target)
+        return old.parts[0], target
+
+    def _require_regular(self, local: Path, vpath: VPath) -> None:
+        st = _lstat_or_none(local)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.ENOENT, f"no such file: {vpath.text}")
+
+
+def remove_stale_staging(data_dir: Path, older_than_s: float, now: float) -> list[Path]:
+    """Delete staging files nobody has written to for *older_than_s* (left by a crash)."""
+    removed = []
+    with os.scandir(staging_dir(data_dir)) as entries:
+        for entry in entries:
+            if not entry.name.endswith(STAGING_SUFFIX) or not entry.is_file(follow_symlinks=False):
+                continue
+            if now - entry.stat(follow_symlinks=False).st_mtime > older_than_s:
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _fd(handle: Handle) -> int:
+    if handle.fd is None:
+        raise OSError(errno.EBADF, "file is closed")
+    return handle.fd
+
+
+def _lstat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _regular_entries(directory: Path) -> list[tuple[str, os.stat_result]]:
+    """Files and directories only: symlinks, sockets and fifos are not shown."""
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                found.append((entry.name, st))
+    return found
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    try:
+        atomic_replace(staging, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # Staging on another filesystem (unusual mount layout): copy next to the target under a
+        # hidden name, which readers ignore, then rename; still atomic for anyone watching inbox.
+        hidden = target.with_name(f".{target.name}.{secrets.token_hex(4)}{STAGING_SUFFIX}")
+        shutil.copyfile(staging, hidden)
+        atomic_replace(hidden, target)
+        staging.unlink()
