@@ -56,7 +56,7 @@ def read_records(path: Path, progress: Callable[[int], None] | None = None) -> I
                 start, last_line = last_line + 1, reader.line_num
                 if progress is not None and not start & _PROGRESS_MASK:
                     progress(raw.tell())
-                if len(fields) == 1 and not fields[0].strip():
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
                     continue
                 yield start, fields
     except csv.Error as exc:

@@ -604,7 +604,7 @@ class _TenantSftp(asyncssh.SFTPServer):
             await self._io(self._fs.close_download, handle)
             return
         await self._finish_flush(handle)
-        if self.channel.is_closing():
+        if _client_went_away(self.channel):
             # asyncssh also calls close() for every handle still open when the channel or the
             # connection goes away; only a close the client sent itself may publish the file.
             await self._io(self._fs.discard, handle)
@@ -706,6 +706,18 @@ class _TenantSftp(asyncssh.SFTPServer):
     def exit(self) -> None:
         self._hub.sftp_sessions.discard(self)
         self.ended.set()
+
+
+def _client_went_away(chan: asyncssh.SSHServerChannel[bytes]) -> bool:
+    """Whether the client ended the channel (EOF or close) or the connection is gone.
+
+    ``is_closing()`` only reflects our sending side: a client EOF leaves it open, so the receiving
+    state is read too. asyncssh has no public accessor for it; if the attribute ever disappears
+    this falls back to ``is_closing()`` (and the channel-EOF test fails loudly).
+    A client that sends EOF right after FXP_CLOSE without waiting for the reply loses that upload;
+    clients wait for the reply (OpenSSH, paramiko, libssh2, WinSCP).
+    """
+    return chan.is_closing() or getattr(chan, "_recv_state", "open") != "open"
 
 
 def _open_mode(pflags: int) -> OpenMode:

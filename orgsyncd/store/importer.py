@@ -600,11 +600,10 @@ def _snapshot(*exprs: str) -> list[tuple[str, str]]:
 
 def result_lines(conn: Connection) -> Iterator[tuple[int, str, str | None, str | None]]:
     """(line, outcome, code, message) in file order, streamed from the staging table."""
-    result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(
-        text(
-            "SELECT line, outcome, COALESCE(err, note), COALESCE(msg, note_msg) FROM pl ORDER BY line"
-        )
-    )
+    query = text(
+        "SELECT line, outcome, COALESCE(err, note), COALESCE(msg, note_msg) FROM pl ORDER BY line"
+    ).execution_options(stream_results=True, yield_per=BATCH)
+    result = conn.execute(query)
     for line, outcome, code, message in result:
         yield int(line), str(outcome), code, message
 

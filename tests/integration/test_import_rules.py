@@ -1,0 +1,291 @@
+"""The roster contract, row by row, against a real database (SQLite, and PostgreSQL when set)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import LIC, PRO, Env, roster
+
+HEADER = [
+    "preferred_first_name",
+    "preferred_last_name",
+    "primary_email_address",
+    "work_title",
+    f"{LIC}_status",
+    "group/Engineering",
+    "group/HR",
+]
+SPEC_EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "spec" / "examples"
+
+
+def day1() -> str:
+    return roster(
+        HEADER,
+        [
+            ["John", "Doe", "john.doe@example.com", "Engineer", "active", 1, 0],
+            ["Jane", "Smith", "jane.smith@example.com", "HR Partner", "active", 0, 1],
+            ["Bob", "Bad", "not-an-email", "Engineer", "active", 1, 0],
+        ],
+    )
+
+
+def test_worked_example_day1_then_day2(env: Env) -> None:
+    first = env.run(day1(), name="day1.csv")
+    assert first.status == "partially_succeeded"
+    assert env.outcomes(first) == [("2", "created", ""), ("3", "created", ""), ("4", "error", "invalid_email")]
+    assert env.summary_json(first)["counts"] == {
+        "created": 2, "updated": 0, "unchanged": 0, "deactivated": 0, "reactivated": 0, "error": 1, "warning": 0,
+    }  # fmt: skip
+    day2 = roster(
+        HEADER,
+        [
+            ["Jonathan", "Doe", "john.doe@example.com", "Engineer", "active", 1, 0],
+            ["Jane", "Smith", "jane.smith@example.com", "HR Partner", "active", 0, 0],
+        ],
+    )
+    second = env.run(day2, name="day2.csv")
+    assert [o for _, o, _ in env.outcomes(second)] == ["updated", "updated"]
+    assert env.learner("john.doe@example.com").first_name == "Jonathan"
+    assert env.learner("jane.smith@example.com").groups == []
+    export = env.export()
+    assert "Jonathan" in export and ",jane.smith@example.com,HR Partner,active,0,0" in export
+
+
+def test_spec_example_file_gives_the_spec_results(env: Env) -> None:
+    text = (SPEC_EXAMPLES / "day1.csv").read_text(encoding="utf-8")
+    summary = env.run(text, name="day1.csv")
+    expected = (SPEC_EXAMPLES / "day1.17.results.csv").read_text(encoding="utf-8").splitlines()
+    got = (env.dirs.results / f"day1.{summary.job_id}.results.csv").read_text(encoding="utf-8").splitlines()
+    assert [line.split(",")[:3] for line in got] == [line.split(",")[:3] for line in expected]
+    assert got[0] == expected[0]
+    archived = env.dirs.archive / f"day1.{summary.job_id}.csv"
+    assert archived.read_text(encoding="utf-8") == text
+
+
+def test_reimporting_identical_content_is_unchanged(env: Env) -> None:
+    env.run(day1())
+    again = env.run(day1() + "\n")  # different bytes, same roster: not a duplicate file
+    assert [o for _, o, _ in env.outcomes(again)] == ["unchanged", "unchanged", "error"]
+
+
+def test_duplicate_in_file_first_occurrence_wins(env: Env) -> None:
+    text = roster(
+        ["primary_email_address", "preferred_first_name"],
+        [["a@example.com", "First"], ["b@example.com", "B"], ["A@Example.com", "Second"]],
+    )
+    summary = env.run(text)
+    assert env.outcomes(summary)[2] == ("4", "error", "duplicate_in_file")
+    assert "line 2" in env.results(summary)[2]["message"]
+    assert env.learner("a@example.com").first_name == "First"
+
+
+def test_uid_changes_email_and_adopts_learner_without_uid(env: Env) -> None:
+    env.run(roster(["primary_email_address"], [["old@example.com"], ["plain@example.com"]]))
+    header = ["unique_user_id", "primary_email_address"]
+    adopt = env.run(roster(header, [["U1", "old@example.com"], ["U2", "plain@example.com"]]))
+    assert [(o, c) for _, o, c in env.outcomes(adopt)] == [("updated", "uid_adopted"), ("updated", "uid_adopted")]
+    moved = env.run(roster(header, [["U1", "new@example.com"]]))
+    assert env.outcomes(moved) == [("2", "updated", "")]
+    learner = env.learner("U1")
+    assert learner.email == "new@example.com" and learner.uid == "U1"
+    taken = env.run(roster(header, [["U1", "plain@example.com"]]))
+    assert env.outcomes(taken) == [("2", "error", "email_taken")]
+    assert env.learner("U1").email == "new@example.com"
+
+
+def test_without_uid_a_changed_email_is_a_new_learner(env: Env) -> None:
+    env.run(roster(["primary_email_address", "preferred_last_name"], [["x@example.com", "Doe"]]))
+    summary = env.run(roster(["primary_email_address", "preferred_last_name"], [["y@example.com", "Doe"]]))
+    assert env.outcomes(summary) == [("2", "created", "")]
+
+
+def test_email_clash_inside_one_file(env: Env) -> None:
+    header = ["unique_user_id", "primary_email_address"]
+    summary = env.run(roster(header, [["U1", "same@example.com"], ["U2", "same@example.com"]]))
+    assert env.outcomes(summary) == [("2", "created", ""), ("3", "error", "email_taken")]
+
+
+def test_licence_lifecycle_deactivate_reactivate_history(env: Env) -> None:
+    header = ["primary_email_address", f"{LIC}_status"]
+    env.run(roster(header, [["a@example.com", "active"]]))
+    assert env.learner("a@example.com").status == "invited"
+    off = env.run(roster(header, [["a@example.com", "inactive"]]))
+    assert env.outcomes(off) == [("2", "deactivated", "")]
+    learner = env.learner("a@example.com")
+    assert (learner.status, learner.license_type) == ("deactivated", None)
+    back = env.run(roster(header, [["a@example.com", "Active"]]))  # new bytes: not a duplicate file
+    assert env.outcomes(back) == [("2", "reactivated", "")]
+    history = env.service.learners.licence_history(learner.id)
+    assert [(h.license_type, h.ended_at is None) for h in history] == [(LIC, False), (LIC, True)]
+    assert history[0].ended_job_id == off.job_id and history[1].started_job_id == back.job_id
+
+
+def test_active_column_true_false(env: Env) -> None:
+    header = ["primary_email_address", "active"]
+    env.run(roster(header, [["a@example.com", "TRUE"], ["b@example.com", "no"]]))
+    assert env.learner("a@example.com").license_type == LIC
+    assert env.learner("b@example.com").status == "unassigned"
+    summary = env.run(roster(header, [["a@example.com", "FALSE"]]))
+    assert env.outcomes(summary) == [("2", "deactivated", "")]
+
+
+def test_file_without_licence_column_leaves_licences_alone(env: Env) -> None:
+    env.run(roster(["primary_email_address", f"{LIC}_status"], [["a@example.com", "active"]]))
+    summary = env.run(roster(["primary_email_address", "work_title"], [["a@example.com", "CTO"], ["n@example.com", "New"]]))
+    assert [o for _, o, _ in env.outcomes(summary)] == ["updated", "created"]
+    assert env.learner("a@example.com").license_type == LIC
+    assert env.learner("n@example.com").status == "unassigned"
+
+
+def test_reassignment_keeps_one_licence(env: Env) -> None:
+    env.reconfigure(licenses={LIC: 0, PRO: 0})
+    header = ["primary_email_address", f"{LIC}_status", f"{PRO}_status"]
+    env.run(roster(header, [["a@example.com", "active", ""]]))
+    summary = env.run(roster(header, [["a@example.com", "", "active"]]))
+    assert env.outcomes(summary) == [("2", "updated", "")]
+    learner = env.learner("a@example.com")
+    assert learner.license_type == PRO
+    spans = env.service.learners.licence_history(learner.id)
+    assert [(s.license_type, s.ended_at is None) for s in spans] == [(LIC, False), (PRO, True)]
+    both = env.run(roster(header, [["b@example.com", "active", "active"]]))
+    assert env.outcomes(both) == [("2", "error", "multiple_active_licenses")]
+
+
+def test_seats_releases_before_activations(env: Env) -> None:
+    env.reconfigure(licenses={LIC: 2})
+    header = ["primary_email_address", f"{LIC}_status"]
+    env.run(roster(header, [["a@example.com", "active"], ["b@example.com", "active"]]))
+    full = env.run(roster(header, [["c@example.com", "active"], ["a@example.com", "inactive"]]))
+    # a's seat is freed by this file first, so c gets it even though c comes earlier.
+    assert env.outcomes(full) == [("2", "created", ""), ("3", "deactivated", "")]
+    refused = env.run(roster(header, [["d@example.com", "active"], ["e@example.com", "active"]]))
+    assert env.outcomes(refused) == [("2", "error", "no_seats"), ("3", "error", "no_seats")]
+    message = env.results(refused)[0]["message"]
+    assert "2 of 2 seats" in message
+    assert env.service.learners.count(env.service.jobs.tenant_id(env.tenant)) == 3  # d, e not created
+
+
+def test_groups_created_joined_left_and_inactive_group(env: Env) -> None:
+    env.reconfigure(inactive_group="Inactive Learners")
+    header = ["primary_email_address", f"{LIC}_status", "group/Sales", "group/Berlin"]
+    env.run(roster(header, [["a@example.com", "active", 1, 1]]))
+    assert env.learner("a@example.com").groups == ["Berlin", "Sales"]
+    env.run(roster(header, [["a@example.com", "active", 0, 1]]))
+    assert env.learner("a@example.com").groups == ["Berlin"]
+    env.run(roster(header, [["a@example.com", "inactive", 1, 1]]))
+    assert env.learner("a@example.com").groups == ["Inactive Learners"]
+    back = env.run(roster(header, [["a@example.com", "active", 1, ""]]))
+    assert env.outcomes(back) == [("2", "reactivated", "")]
+    assert env.learner("a@example.com").groups == ["Sales"]
+
+
+def test_blank_means_modes(env: Env) -> None:
+    header = ["primary_email_address", "preferred_first_name", "work_title"]
+    env.run(roster(header, [["a@example.com", "Ann", "Dev"]]))
+    kept = env.run(roster(header, [["a@example.com", "", "Dev"]]))
+    assert env.outcomes(kept) == [("2", "unchanged", "")]
+    env.reconfigure(blank_means="clear")
+    cleared = env.run(roster(header, [["a@example.com", "", " Dev"]]))
+    assert env.outcomes(cleared) == [("2", "updated", "")]
+    assert env.learner("a@example.com").first_name is None
+    env.reconfigure(blank_means="error")
+    strict = env.run(roster(header, [["a@example.com", "", "Dev "]]))
+    assert env.outcomes(strict) == [("2", "error", "blank_value")]
+
+
+def test_every_row_level_code_and_one_line_per_row(env: Env) -> None:
+    header = ["primary_email_address", "preferred_first_name", f"{LIC}_status", "group/X"]
+    text = roster(
+        header,
+        [
+            ["ok@example.com", "Ok", "active", "1"],
+            ["", "NoMail", "active", "1"],
+            ["bad@", "Bad", "active", "1"],
+            ["v@example.com", "V", "maybe", "1"],
+            ["g@example.com", "G", "active", "yes"],
+            ["long@example.com", "x" * 256, "active", "1"],
+        ],
+    ) + "short@example.com,Short\n"
+    summary = env.run(text)
+    assert [c for _, _, c in env.outcomes(summary)] == [
+        "", "missing_email", "invalid_email", "invalid_value", "invalid_value", "value_too_long", "field_count",
+    ]  # fmt: skip
+    results = env.results(summary)
+    assert "maybe" in results[3]["message"] and f"{LIC}_status" in results[3]["message"]
+    assert "2" in results[6]["message"] and "4" in results[6]["message"]
+    assert summary.status == "partially_succeeded"
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "needle"),
+    [
+        ("", "empty_file", "no header"),
+        ("\ufeff\n\n", "empty_file", "no header"),
+        ("primary_email_address;name\na@x.com;b\n", "malformed_csv", "semicolon"),
+        ("name,work_title\nx,y\n", "missing_required_column", "primary_email_address"),
+        ("primary_email_address,Primary_Email\na@example.com,b@example.com\n", "duplicate_header", "repeats"),
+        ("primary_email_address,group/\na@example.com,1\n", "invalid_header", "no group name"),
+        ("primary_email_address,gold_status\na@example.com,active\n", "unknown_license", f"{LIC}_status"),
+        ('primary_email_address,name\na@example.com,"unclosed\n', "malformed_csv", "line 2"),
+    ],
+)
+def test_file_level_errors_apply_nothing(env: Env, text: str, code: str, needle: str) -> None:
+    summary = env.run(text)
+    assert summary.status == "failed"
+    lines = env.results(summary)
+    assert [(r["row"], r["outcome"], r["code"]) for r in lines] == [("0", "error", code)]
+    assert needle in lines[0]["message"]
+    assert env.service.learners.count(env.service.jobs.tenant_id(env.tenant)) == 0
+
+
+def test_encoding_error_names_line_and_column(env: Env) -> None:
+    path = env.root / "latin1.csv"
+    path.write_bytes("primary_email_address,preferred_last_name\na@example.com,Ren\xe9\n".encode("latin-1"))
+    summary = env.service.import_file(env.tenant, path)
+    message = env.results(summary)[0]["message"]
+    assert env.results(summary)[0]["code"] == "encoding_error"
+    assert "line 2" in message and "column 18" in message and "CSV UTF-8" in message
+
+
+def test_warnings_for_unknown_and_case_only_headers(env: Env) -> None:
+    summary = env.run(roster(["Primary_Email_Address", "shoe_size"], [["a@example.com", "44"]]))
+    lines = env.results(summary)
+    assert {(r["row"], r["outcome"], r["code"]) for r in lines[:2]} == {
+        ("0", "warning", "header_case"), ("0", "warning", "unknown_column"),
+    }  # fmt: skip
+    assert lines[2]["outcome"] == "created" and summary.counts["warning"] == 2
+    env.reconfigure(strict_headers=True)
+    strict = env.run(roster(["Primary_Email_Address"], [["b@example.com"]]))
+    assert strict.status == "failed" and env.results(strict)[0]["code"] == "invalid_header"
+
+
+def test_gzip_crlf_bom_and_quoted_newlines(env: Env) -> None:
+    text = '\ufeffprimary_email_address,work_title\r\na@example.com,"Head of\r\nThings, ""Chief"""\r\nb@example.com,x\r\n'
+    path = env.root / "roster.csv.gz"
+    path.write_bytes(gzip.compress(text.encode("utf-8")))
+    summary = env.service.import_file(env.tenant, path)
+    assert env.outcomes(summary) == [("2", "created", ""), ("4", "created", "")]
+    assert env.learner("a@example.com").title == 'Head of\r\nThings, "Chief"'
+    assert (env.dirs.archive / f"roster.{summary.job_id}.csv.gz").exists()
+
+
+def test_formula_values_are_escaped_in_results_and_export_and_round_trip(env: Env) -> None:
+    summary = env.run(roster(["primary_email_address", "work_title"], [["a@example.com", "=HYPERLINK(1)"]]))
+    assert env.results(summary)[0]["work_title"] == "'=HYPERLINK(1)"
+    assert env.learner("a@example.com").title == "=HYPERLINK(1)"
+    export = env.export()
+    assert "'=HYPERLINK(1)" in export
+    again = env.run(export)
+    assert [o for _, o, _ in env.outcomes(again)] == ["unchanged"]
+
+
+def test_results_file_can_be_uploaded_again(env: Env) -> None:
+    first = env.run(day1(), name="day1.csv")
+    results_text = (env.dirs.results / f"day1.{first.job_id}.results.csv").read_text(encoding="utf-8")
+    fixed = results_text.replace("not-an-email", "bob@example.com")
+    summary = env.run(fixed, name="day1-fixed.csv")
+    assert [o for _, o, _ in env.outcomes(summary)] == ["unchanged", "unchanged", "created"]
+    assert env.results(summary)[0].keys() >= {"row", "outcome", "preferred_first_name"}
