@@ -17,6 +17,7 @@ import contextlib
 import csv
 import json
 import os
+import platform
 import secrets
 import shutil
 import signal
@@ -38,7 +39,6 @@ BENCH_DIR = Path(__file__).resolve().parent
 MEASURE_CHILD = BENCH_DIR / "measure_child.py"
 REPO = BENCH_DIR.parent
 TENANT = "bench"
-SMALL_TENANT = "bench_small"
 LICENSE = "default_license_learning_proalllanguages"
 CHANGE_PCT = 1.0
 DROP_PCT = 5.0
@@ -259,8 +259,7 @@ def write_config(path: Path, data_dir: Path, database_url: str) -> Path:
         "[daemon]\n"
         f"data_dir = {json.dumps(str(data_dir))}\n"
         f"database_url = {json.dumps(database_url)}\n\n"
-        f"[tenants.{TENANT}]\n{tenant}\n"
-        f"[tenants.{SMALL_TENANT}]\n{tenant}",
+        f"[tenants.{TENANT}]\n{tenant}",
         encoding="utf-8",
     )
     return path
@@ -359,8 +358,7 @@ class Backend:
 def import_step(
     b: Backend, step: str, roster: Path, rows: int, mode: str, r: Rosters
 ) -> StepResult:
-    tenant = SMALL_TENANT if step == "s" else TENANT
-    argv = b.cli("import", str(roster), "--tenant", tenant, "--mode", mode)
+    argv = b.cli("import", str(roster), "--tenant", TENANT, "--mode", mode)
     child = run_child(argv, b.logs / f"{b.name}-{step}", b.timeout)
     result = StepResult(b.name, step, rows, child, r.small_rows if step == "s" else r.rows)
     if result.ok:
@@ -398,17 +396,14 @@ def report(result: StepResult) -> StepResult:
     return result
 
 
-def run_backend(b: Backend, r: Rosters, rss_scaling: bool) -> list[StepResult]:
-    """Steps (a)-(d) in order, stopping at the first failed CLI call; then (a) at N/10."""
+def run_backend(b: Backend, r: Rosters) -> list[StepResult]:
+    """Steps (a)-(d) in order, stopping at the first failed CLI call."""
     steps: list[Callable[[], StepResult]] = [
         lambda: import_step(b, "a", r.base, r.rows, "delta", r),
         lambda: import_step(b, "b", r.changed, r.rows, "delta", r),
         lambda: import_step(b, "c", r.full, r.full_rows, "full", r),
         lambda: export_step(b, r),
     ]
-    if rss_scaling and r.small is not None:
-        small = r.small
-        steps.append(lambda: import_step(b, "s", small, r.small_rows, "delta", r))
     results: list[StepResult] = []
     for step in steps:
         results.append(step())
@@ -418,12 +413,40 @@ def run_backend(b: Backend, r: Rosters, rss_scaling: bool) -> list[StepResult]:
     return results
 
 
-def setup_backend(name: str, workdir: Path, database_url: str, args: argparse.Namespace) -> Backend:
-    root = workdir / name
+def run_small(b: Backend, r: Rosters) -> StepResult:
+    """Step (a) at N/10, into its own fresh database, for the RSS scaling ratio."""
+    assert r.small is not None
+    return import_step(b, "s", r.small, r.small_rows, "delta", r)
+
+
+def setup_backend(
+    name: str, workdir: Path, database_url: str, args: argparse.Namespace, dirname: str = ""
+) -> Backend:
+    root = workdir / (dirname or name)
     (root / "logs").mkdir(parents=True, exist_ok=True)
     data_dir = root / "data"
     config = write_config(root / "orgsyncd.toml", data_dir, database_url)
     return Backend(name, config, data_dir, root / "logs", args.python, args.timeout)
+
+
+@contextlib.contextmanager
+def database(kind: str, dirname: str, workdir: Path, args: argparse.Namespace) -> Iterator[str]:
+    """A fresh, empty database: a new SQLite file, or a throwaway PostgreSQL database."""
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / dirname / 'data' / 'orgsyncd.db'}"
+    else:
+        with pg_database(args.pg_url, args.keep) as url:
+            yield url
+
+
+def run_kind(kind: str, workdir: Path, r: Rosters, args: argparse.Namespace) -> list[StepResult]:
+    with database(kind, kind, workdir, args) as url:
+        results = run_backend(setup_backend(kind, workdir, url, args), r)
+    if r.small is not None:
+        small_dir = f"{kind}-small"
+        with database(kind, small_dir, workdir, args) as url:
+            results.append(run_small(setup_backend(kind, workdir, url, args, small_dir), r))
+    return results
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -516,6 +539,26 @@ def rss_ratio_lines(results: list[StepResult]) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
+def describe_code() -> str:
+    """Which orgsyncd is measured: commit, and whether the work tree has local changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "orgsyncd"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" + uncommitted changes in orgsyncd/" if dirty else "")
+
+
 def make_workdir(args: argparse.Namespace) -> Path:
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -529,21 +572,17 @@ def run_all(args: argparse.Namespace, workdir: Path) -> list[StepResult]:
     if problem:
         raise SystemExit(f"orgsyncd CLI not usable: {problem}")
     rosters = generate_rosters(workdir, args.rows, args.seed, args.rss_scaling)
+    kinds = ([] if args.no_sqlite else ["sqlite"]) + (["postgresql"] if args.pg_url else [])
     results: list[StepResult] = []
-    if not args.no_sqlite:
-        db_url = f"sqlite:///{workdir / 'sqlite' / 'data' / 'orgsyncd.db'}"
-        backend = setup_backend("sqlite", workdir, db_url, args)
-        results += run_backend(backend, rosters, args.rss_scaling)
-    if args.pg_url:
-        with pg_database(args.pg_url, args.keep) as db_url:
-            backend = setup_backend("postgresql", workdir, db_url, args)
-            results += run_backend(backend, rosters, args.rss_scaling)
+    for kind in kinds:
+        results += run_kind(kind, workdir, rosters, args)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = make_workdir(args)
+    print(f"orgsyncd: {describe_code()}; python {platform.python_version()}; {platform.platform()}")
     print(f"work dir: {workdir}", flush=True)
     try:
         results = run_all(args, workdir)
