@@ -374,6 +374,7 @@ def test_a_slot_due_while_the_run_is_going_is_skipped_and_logged(
             assert wait_until(lambda: any(e["event"] == "scheduled_run_skipped" for e in logs))
     finally:
         gate.set()
+    assert wait_until(lambda: hourly.finished == 1)
     assert hourly.calls == 1
 
 
