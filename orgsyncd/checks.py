@@ -44,9 +44,7 @@ def _check_database(settings: Settings, report: CheckReport) -> None:
 
 def _check_login(name: str, cfg: TenantConfig, report: CheckReport) -> None:
     if cfg.authorized_keys is None and cfg.password_hash is None:
-        report.errors.append(
-            f"tenant {name}: no authorized_keys and no password_hash: nobody can log in"
-        )
+        report.errors.append(f"tenant {name}: no authorized_keys and no password_hash: nobody can log in")
         return
     if cfg.authorized_keys is None:
         report.notes.append(f"tenant {name}: password login only")
@@ -56,14 +54,10 @@ def _check_login(name: str, cfg: TenantConfig, report: CheckReport) -> None:
     except FileNotFoundError:
         report.errors.append(f"tenant {name}: authorized_keys {cfg.authorized_keys} does not exist")
     except (OSError, ValueError, asyncssh.KeyImportError) as exc:
-        report.errors.append(
-            f"tenant {name}: authorized_keys {cfg.authorized_keys} is unreadable: {exc}"
-        )
+        report.errors.append(f"tenant {name}: authorized_keys {cfg.authorized_keys} is unreadable: {exc}")
     else:
         count = len(keys.key_ids) if hasattr(keys, "key_ids") else "some"
-        report.notes.append(
-            f"tenant {name}: authorized_keys {cfg.authorized_keys} parses ({count} entries)"
-        )
+        report.notes.append(f"tenant {name}: authorized_keys {cfg.authorized_keys} parses ({count} entries)")
 
 
 def _check_dirs(settings: Settings, name: str, report: CheckReport) -> None:

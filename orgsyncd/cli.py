@@ -91,9 +91,7 @@ def _fail(message: str, code: int) -> NoReturn:
 @click.pass_context
 def main(ctx: click.Context, config: str | None, debug: bool) -> None:
     """orgsyncd: roster files in over SFTP, learners and licences out."""
-    configure_logging(
-        level="debug" if debug else "warning", json=not sys.stderr.isatty(), stream=sys.stderr
-    )
+    configure_logging(level="debug" if debug else "warning", json=not sys.stderr.isatty(), stream=sys.stderr)
     app = AppContext(config, debug)
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -111,9 +109,7 @@ def main(ctx: click.Context, config: str | None, debug: bool) -> None:
 def import_cmd(app: AppContext, file: Path, tenant: str, mode: str | None, dry_run: bool) -> None:
     """Run one import now, in the foreground, and print its summary."""
     with _byte_progress(file, "importing") as progress:
-        summary = app.service.import_file(
-            tenant, file, mode=mode, dry_run=dry_run, progress=progress
-        )
+        summary = app.service.import_file(tenant, file, mode=mode, dry_run=dry_run, progress=progress)
     _print_summary(summary, app)
     if summary.status in FAILED_STATUSES:
         _fail(_failure_sentence(summary), 1)
@@ -258,9 +254,7 @@ def learners() -> None:
 @click.option("--limit", default=100, show_default=True)
 @click.option("--offset", default=0)
 @pass_app
-def learners_list(
-    app: AppContext, tenant: str, status: str | None, limit: int, offset: int
-) -> None:
+def learners_list(app: AppContext, tenant: str, status: str | None, limit: int, offset: int) -> None:
     """Learners of a tenant, by email."""
     app.settings.tenant(tenant)
     tenant_id = app.service.jobs.tenant_id(tenant)
@@ -308,8 +302,7 @@ def tenants_list(app: AppContext) -> None:
     click.echo(f"config: {settings.source}", err=True)
     for name, cfg in sorted(settings.tenants.items()):
         seats = (
-            ", ".join(f"{lic}={n or 'unlimited'}" for lic, n in sorted(cfg.licenses.items()))
-            or "no licenses"
+            ", ".join(f"{lic}={n or 'unlimited'}" for lic, n in sorted(cfg.licenses.items())) or "no licenses"
         )
         click.echo(f"{name:<16} mode={cfg.sync_mode:<5} cadence={cfg.cadence:<6} {seats}")
 

@@ -55,9 +55,7 @@ class DaemonConfig(_Section):
     @classmethod
     def _five_fields(cls, value: str) -> str:
         if len(value.split()) != _CRON_FIELDS:
-            raise ValueError(
-                f"{value!r} is not a 5-field cron expression (minute hour dom mon dow)"
-            )
+            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour dom mon dow)")
         return value
 
     @property

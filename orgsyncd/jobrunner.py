@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,10 +40,10 @@ from orgsyncd.paths import (
 )
 from orgsyncd.store.db import is_sqlite
 from orgsyncd.store.importer import (
+    Applier,
     Plan,
     Planner,
     PlanRequest,
-    Applier,
     create_staging,
     drop_staging,
     load_staging,
@@ -77,9 +78,7 @@ class JobRunner:
         dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
         dirs.create()
         mode = mode or mode_from_name(job.file_name) or tenant.sync_mode
-        with structlog.contextvars.bound_contextvars(
-            tenant=job.tenant, job_id=job.id, file=job.file_name
-        ):
+        with structlog.contextvars.bound_contextvars(tenant=job.tenant, job_id=job.id, file=job.file_name):
             started = utcnow()
             if not is_roster_name(job.file_name):
                 return self._file_failed(job, dirs, mode, started, None, self._unsupported(job))
@@ -217,7 +216,8 @@ class JobRunner:
     ) -> Staged:
         records = read_records(source, progress=progress)
         layout = self._header(records, tenant)
-        validator = RowValidator(layout, RowRules(tenant.blank_means, tenant.default_license))
+        rules = RowRules(tenant.blank_means, tenant.default_license)
+        validator = RowValidator(layout, rules, seed=_fingerprint_seed(layout, tenant))
         create_staging(conn, len(layout.groups))
         rows = load_staging(conn, _validated(records, validator), len(layout.groups))
         return Staged(layout=layout, rows=rows)
@@ -239,9 +239,7 @@ class JobRunner:
         mode: str,
         approved: bool,
     ) -> Plan:
-        return Planner(
-            conn, self._request(staged, tenant, tenant_id, job_id, mode, approved)
-        ).plan()
+        return Planner(conn, self._request(staged, tenant, tenant_id, job_id, mode, approved)).plan()
 
     def _request(
         self,
@@ -287,9 +285,7 @@ class JobRunner:
             started_at=started,
         )
 
-    def _fill(
-        self, summary: Summary, plan: Plan, warnings: list[Issue], *, held: str | None
-    ) -> None:
+    def _fill(self, summary: Summary, plan: Plan, warnings: list[Issue], *, held: str | None) -> None:
         summary.counts = empty_counts() | plan.counts
         summary.counts["warning"] = len(warnings)
         if held:
@@ -364,9 +360,7 @@ class JobRunner:
         self._write_simple(dirs, job, summary, [Issue("error", status, message)])
         self.finalize(self.jobs.get(job.id))
 
-    def _write_simple(
-        self, dirs: TenantDirs, job: JobRecord, summary: Summary, issues: list[Issue]
-    ) -> None:
+    def _write_simple(self, dirs: TenantDirs, job: JobRecord, summary: Summary, issues: list[Issue]) -> None:
         csv_tmp, json_tmp = self._tmp_paths(dirs, job.id)
         if summary.status != "duplicate":
             summary.counts["error"] = sum(1 for i in issues if i.outcome == "error")
@@ -409,9 +403,19 @@ class JobRunner:
         spool = Path(job.spool_path)
         if spool.exists():
             return spool
-        return archive_path(
-            tenant_dirs(self.settings.daemon.data_dir, job.tenant), job.file_name, job.id
-        )
+        return archive_path(tenant_dirs(self.settings.daemon.data_dir, job.tenant), job.file_name, job.id)
+
+
+def _fingerprint_seed(layout: Layout, tenant: TenantConfig) -> int:
+    """What else decides a row's effect besides its cells: the header and the tenant's rules."""
+    context = (
+        layout.names,
+        tenant.blank_means,
+        tenant.default_license,
+        sorted(tenant.licenses),
+        tenant.inactive_group,
+    )
+    return zlib.crc32(repr(context).encode("utf-8"))
 
 
 def _validated(records: Iterator[Record], validator: RowValidator) -> Iterator[StagedRow]:

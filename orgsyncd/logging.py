@@ -39,9 +39,7 @@ class _OrgsyncdHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler we install, so a second configure_logging() replaces it."""
 
 
-def configure_logging(
-    *, level: str = "info", json: bool = True, stream: TextIO | None = None
-) -> None:
+def configure_logging(*, level: str = "info", json: bool = True, stream: TextIO | None = None) -> None:
     """Send structlog and stdlib logging to *stream* (default: stdout), JSON or human-readable.
 
     Idempotent: calling it again replaces the previous handler instead of adding one.
@@ -120,11 +118,7 @@ def _json_renderers() -> list[Processor]:
 
 def _console_renderers(colors: bool) -> list[Processor]:
     # plain_traceback for the same reason: the default rich formatter shows locals.
-    return [
-        structlog.dev.ConsoleRenderer(
-            colors=colors, exception_formatter=structlog.dev.plain_traceback
-        )
-    ]
+    return [structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)]
 
 
 def _install_root_handler(handler: logging.Handler, level: int) -> None:

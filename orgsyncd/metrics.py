@@ -107,9 +107,7 @@ class Metrics:
         )
 
     def _define_sftp_metrics(self) -> None:
-        self._sessions = Gauge(
-            "orgsyncd_sftp_sessions", "Open SFTP sessions.", registry=self.registry
-        )
+        self._sessions = Gauge("orgsyncd_sftp_sessions", "Open SFTP sessions.", registry=self.registry)
         self._bytes = Counter(
             "orgsyncd_sftp_received_bytes",
             "Bytes received in SFTP uploads.",
@@ -128,9 +126,7 @@ class Metrics:
         """Use *fn* for the queue depth; it is called at scrape time, in the HTTP thread."""
         self._queue_depth.set_function(lambda: _safe_call(fn))
 
-    def job_finished(
-        self, tenant: str, status: str, counts: Mapping[str, int], seconds: float
-    ) -> None:
+    def job_finished(self, tenant: str, status: str, counts: Mapping[str, int], seconds: float) -> None:
         """Record one finished job: its status, its row outcomes and how long it took."""
         self._jobs.labels(tenant=tenant, status=status).inc()
         for outcome, n in counts.items():

@@ -200,9 +200,7 @@ def _real_time(fire: datetime, zone: ZoneInfo) -> datetime:
 
 def _next_fire_time(job: Any, now: datetime) -> datetime | None:
     # Before start() jobs are pending and have no next_run_time yet; ask their trigger instead.
-    fire: datetime | None = (
-        job.trigger.get_next_fire_time(None, now) if job.pending else job.next_run_time
-    )
+    fire: datetime | None = job.trigger.get_next_fire_time(None, now) if job.pending else job.next_run_time
     return None if fire is None else _real_time(fire, job.trigger.timezone)
 
 

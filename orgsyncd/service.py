@@ -130,9 +130,7 @@ class Service:
             deferred=deferred,
         )
         if job_id is not None:
-            log.info(
-                "job_queued", tenant=tenant, job_id=job_id, file=name, bytes=size, deferred=deferred
-            )
+            log.info("job_queued", tenant=tenant, job_id=job_id, file=name, bytes=size, deferred=deferred)
         return job_id
 
     def _register_orphans(self, tenant: str) -> None:
@@ -193,9 +191,7 @@ class Service:
             self._attempt_failed(job, exc)
             return None
         if summary is not None and self.on_job_finished is not None:
-            self.on_job_finished(
-                job.tenant, summary.status, summary.counts, time.monotonic() - clock
-            )
+            self.on_job_finished(job.tenant, summary.status, summary.counts, time.monotonic() - clock)
         return summary
 
     def _attempt_failed(self, job: JobRecord, exc: Exception) -> None:

@@ -101,9 +101,7 @@ def _identity(lower: str, rules: HeaderRules) -> str | None:
     return None
 
 
-def _check_duplicate(
-    key: str, index: int, name: str, names: list[str], seen: dict[str, int]
-) -> None:
+def _check_duplicate(key: str, index: int, name: str, names: list[str], seen: dict[str, int]) -> None:
     if key in seen:
         first = seen[key]
         raise FileRejected(
@@ -115,9 +113,7 @@ def _check_duplicate(
 
 
 def _check_case(layout: Layout, name: str, lower: str) -> None:
-    canonical = (
-        lower if not lower.startswith(GROUP_PREFIX) else GROUP_PREFIX + name[len(GROUP_PREFIX) :]
-    )
+    canonical = lower if not lower.startswith(GROUP_PREFIX) else GROUP_PREFIX + name[len(GROUP_PREFIX) :]
     if name != canonical:
         layout.warnings.append(
             Issue(

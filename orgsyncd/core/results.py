@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ from orgsyncd.core.header import RESULT_COLUMNS, Issue
 RESULT_HEADER = ("row", "outcome", "code", "message")
 OUTCOMES = ("created", "updated", "unchanged", "deactivated", "reactivated", "error", "warning")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# One regex over the joined row is much cheaper than a check per cell, and almost never matches.
+_NEEDS_ESCAPE = re.compile("(?:^|\x1f)[=+\\-@\t\r]")
 
 Outcome = tuple[int, str, str | None, str | None]  # line, outcome, code, message
 
@@ -97,14 +100,14 @@ class ResultsWriter:
     def rows(self, outcomes: Iterable[Outcome], records: Iterator[tuple[int, list[str]]]) -> int:
         written = 0
         drop = self.drop
-        for (line, outcome, code, message), (rec_line, fields) in zip(
-            outcomes, records, strict=True
-        ):
+        for (line, outcome, code, message), (rec_line, fields) in zip(outcomes, records, strict=True):
             if line != rec_line:
                 raise RuntimeError(f"results out of step with input: line {line} vs {rec_line}")
             if drop:
                 fields = [v for i, v in enumerate(fields) if i not in drop]
-            self.writer.writerow((line, outcome, code or "", message or "", *map(escape, fields)))
+            if _NEEDS_ESCAPE.search("\x1f".join(fields)):
+                fields = [escape(v) for v in fields]
+            self.writer.writerow((line, outcome, code or "", message or "", *fields))
             written += 1
         return written
 

@@ -7,13 +7,14 @@ Hot path: a million calls per big file, so it stays flat and allocation-light.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orgsyncd.core.emails import normalize_email
 from orgsyncd.core.header import FIRST, LAST, TITLE, UID, Layout
 
-# line, err, msg, ukey, uid, email, first, last, title, lic_on, lic_off, then one flag per group
+# line, err, msg, ukey, uid, email, first, last, title, lic_on, lic_off, fp, then one flag per group
 STAGE_FIXED = (
     "line",
     "err",
@@ -26,14 +27,14 @@ STAGE_FIXED = (
     "title",
     "lic_on",
     "lic_off",
+    "fp",
 )
 MAX_EMAIL = 320
 MAX_VALUE = 255
 _FORMULA_START = frozenset("=+-@\t\r")
 _TRUE = frozenset({"true", "yes", "1"})
 _FALSE = frozenset({"false", "no", "0"})
-_STATUS = {"active": True, "inactive": False}
-_GROUP = {"1": 1, "0": 0}
+_BAD = object()
 
 StagedRow = tuple[object, ...]
 
@@ -62,32 +63,52 @@ class RowRules:
 
 
 class RowValidator:
-    def __init__(self, layout: Layout, rules: RowRules) -> None:
+    """Validates records of one file. Lookups are prepared once per file so the per-row path is a
+    few dict lookups and string methods."""
+
+    def __init__(self, layout: Layout, rules: RowRules, seed: int = 0) -> None:
         self.width = layout.width
         self.names = layout.names
         self.email_at = layout.email
-        self.text_at = [layout.text.get(col, -1) for col in (UID, FIRST, LAST, TITLE)]
+        self.uid_at, self.first_at, self.last_at, self.title_at = (
+            layout.text.get(col, -1) for col in (UID, FIRST, LAST, TITLE)
+        )
         self.statuses = layout.statuses
         self.active_at = layout.active
         self.default_license = rules.default_license
         self.groups = [index for index, _ in layout.groups]
         self.blank = rules.blank_means
+        self.seed = seed & 0xFFFFFFFF
+        blank: object = {"unchanged": None, "clear": "", "error": _BAD}[rules.blank_means]
+        self.blank_text = blank
+        self.status_map = {
+            "active": True,
+            "inactive": False,
+            "": None if blank is not _BAD else _BAD,
+        }
+        self.flag_map = {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}
+        self.flag_map[""] = None if blank is not _BAD else _BAD  # type: ignore[assignment]
+        group_blank = {"unchanged": None, "clear": 0, "error": _BAD}[rules.blank_means]
+        self.group_map: dict[str, object] = {"1": 1, "0": 0, "": group_blank}
         self.empty_groups: tuple[None, ...] = (None,) * len(self.groups)
 
     def validate(self, line: int, fields: Sequence[str]) -> StagedRow:
         if len(fields) != self.width:
             return self._failed(line, None, "field_count", self._count_message(len(fields)))
-        values = [clean(v) for v in fields]
-        key: str | None = None
         try:
-            email, key = self._email(values)
-            uid, first, last, title = (self._text(values, at) for at in self.text_at)
-            if uid:
-                key = "u:" + uid
-            lic_on, lic_off = self._licenses(values)
-            groups = self._groups(values)
+            email = self._email(fields[self.email_at])
+            uid = self._text(fields, self.uid_at)
+            first = self._text(fields, self.first_at)
+            last = self._text(fields, self.last_at)
+            title = self._text(fields, self.title_at)
+            lic_on, lic_off = self._licenses(fields)
+            groups = [self.group_map.get(fields[at].strip(), _BAD) for at in self.groups]
+            if _BAD in groups:
+                self._group_problem(fields)
         except RowError as exc:
-            return self._failed(line, key or self._fallback_key(values), exc.code, exc.message)
+            return self._failed(line, self._fallback_key(fields), exc.code, exc.message)
+        key = "u:" + uid if uid else "e:" + email
+        fp = self.fingerprint(fields)
         return (
             line,
             None,
@@ -100,8 +121,16 @@ class RowValidator:
             title,
             lic_on,
             lic_off,
+            fp,
             *groups,
         )
+
+    def fingerprint(self, fields: Sequence[str]) -> int:
+        """A 64-bit digest of the raw record (seeded with the file's header and the tenant's rules):
+        a learner whose stored fingerprint matches was last set by this very row, so it is unchanged."""
+        data = "\x1f".join(fields).encode("utf-8", "surrogatepass")
+        value = (zlib.crc32(data, self.seed) << 32) | zlib.adler32(data, 1)
+        return value - (1 << 64) if value >= (1 << 63) else value
 
     def _failed(self, line: int, key: str | None, code: str, message: str) -> StagedRow:
         # The identity still goes in, so the row counts as present in a full import.
@@ -119,14 +148,15 @@ class RowValidator:
             None,
             None,
             None,
+            None,
             *self.empty_groups,
         )
 
     def _count_message(self, got: int) -> str:
         return f"the row has {got} field{'s' if got != 1 else ''}, the header has {self.width}"
 
-    def _email(self, values: list[str]) -> tuple[str, str]:
-        raw = values[self.email_at]
+    def _email(self, raw: str) -> str:
+        raw = clean(raw)
         if not raw:
             raise RowError("missing_email", f"{self.names[self.email_at]} is empty")
         if len(raw) > MAX_EMAIL:
@@ -135,37 +165,41 @@ class RowValidator:
         if email is None:
             column = self.names[self.email_at]
             raise RowError("invalid_email", f"{column} {raw!r} is not a valid email address")
-        return email, "e:" + email
+        return email
 
-    def _text(self, values: list[str], at: int) -> str | None:
+    def _text(self, fields: Sequence[str], at: int) -> str | None:
         if at < 0:
             return None
-        value = values[at]
+        value = fields[at].strip()
         if not value:
-            return self._blank(at, "")
+            if self.blank_text is _BAD:
+                raise self._blank_error(at)
+            return self.blank_text  # type: ignore[return-value]
         if len(value) > MAX_VALUE:
             raise RowError("value_too_long", self._too_long(at, len(value), MAX_VALUE))
+        if value[0] == "'" and len(value) > 1 and value[1] in _FORMULA_START:
+            return value[1:]
         return value
 
-    def _blank(self, at: int, cleared: str | None) -> str | None:
-        if self.blank == "unchanged":
-            return None
-        if self.blank == "clear":
-            return cleared
-        raise RowError("blank_value", f"{self.names[at]} is empty and this tenant requires a value")
+    def _blank_error(self, at: int) -> RowError:
+        return RowError("blank_value", f"{self.names[at]} is empty and this tenant requires a value")
 
     def _too_long(self, at: int, length: int, limit: int) -> str:
         return f"{self.names[at]} is {length} characters long; the limit is {limit}"
 
-    def _licenses(self, values: list[str]) -> tuple[str | None, str | None]:
+    def _licenses(self, fields: Sequence[str]) -> tuple[str | None, str | None]:
         on: list[str] = []
         off: list[str] = []
         for at, license_type in self.statuses:
-            state = self._status(values, at)
+            state = self.status_map.get(fields[at].strip().lower(), _BAD)
+            if state is _BAD:
+                raise self._value_problem(fields, at, "use active or inactive")
             if state is not None:
                 (on if state else off).append(license_type)
         if self.active_at >= 0 and self.default_license:
-            state = self._flag(values, self.active_at)
+            state = self.flag_map.get(fields[self.active_at].strip().lower(), _BAD)
+            if state is _BAD:
+                raise self._value_problem(fields, self.active_at, "use TRUE or FALSE (yes/no, 1/0)")
             if state is not None:
                 (on if state else off).append(self.default_license)
         if len(on) > 1:
@@ -175,52 +209,22 @@ class RowValidator:
             )
         return (on[0] if on else None), ("|" + "|".join(off) + "|" if off else None)
 
-    def _status(self, values: list[str], at: int) -> bool | None:
-        value = values[at]
+    def _value_problem(self, fields: Sequence[str], at: int, hint: str) -> RowError:
+        value = fields[at].strip()
         if not value:
-            self._blank(at, None)
-            return None
-        state = _STATUS.get(value.lower())
-        if state is None:
-            raise RowError(
-                "invalid_value", f"{self.names[at]} is {value!r}; use active or inactive"
-            )
-        return state
+            return self._blank_error(at)
+        return RowError("invalid_value", f"{self.names[at]} is {value!r}; {hint}")
 
-    def _flag(self, values: list[str], at: int) -> bool | None:
-        value = values[at]
-        if not value:
-            self._blank(at, None)
-            return None
-        lower = value.lower()
-        if lower in _TRUE:
-            return True
-        if lower in _FALSE:
-            return False
-        raise RowError(
-            "invalid_value", f"{self.names[at]} is {value!r}; use TRUE or FALSE (yes/no, 1/0)"
-        )
-
-    def _groups(self, values: list[str]) -> list[int | None]:
-        flags: list[int | None] = []
+    def _group_problem(self, fields: Sequence[str]) -> None:
         for at in self.groups:
-            value = values[at]
-            if not value:
-                flags.append(0 if self._blank(at, "") == "" else None)
-                continue
-            flag = _GROUP.get(value)
-            if flag is None:
-                raise RowError(
-                    "invalid_value",
-                    f"{self.names[at]} is {value!r}; use 1 (member) or 0 (not a member)",
-                )
-            flags.append(flag)
-        return flags
+            if self.group_map.get(fields[at].strip(), _BAD) is _BAD:
+                raise self._value_problem(fields, at, "use 1 (member) or 0 (not a member)")
 
-    def _fallback_key(self, values: list[str]) -> str | None:
+    def _fallback_key(self, fields: Sequence[str]) -> str | None:
         """Identity of an invalid row, so a full import does not deactivate a learner over a typo."""
-        uid_at = self.text_at[0]
-        if uid_at >= 0 and values[uid_at]:
-            return "u:" + values[uid_at]
-        email = normalize_email(values[self.email_at]) if values[self.email_at] else None
+        uid = clean(fields[self.uid_at]) if self.uid_at >= 0 else ""
+        if uid:
+            return "u:" + uid
+        raw = clean(fields[self.email_at])
+        email = normalize_email(raw) if raw else None
         return "e:" + email if email else None

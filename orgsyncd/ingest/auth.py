@@ -43,9 +43,7 @@ def hash_password(password: str) -> str:
     """A self-describing scrypt hash: ``scrypt$n$r$p$salt_b64$hash_b64``."""
     salt = secrets.token_bytes(_SALT_BYTES)
     digest = _scrypt(password, salt, _DEFAULT_N, _DEFAULT_R, _DEFAULT_P, _HASH_BYTES)
-    return "$".join(
-        (_SCHEME, str(_DEFAULT_N), str(_DEFAULT_R), str(_DEFAULT_P), _b64(salt), _b64(digest))
-    )
+    return "$".join((_SCHEME, str(_DEFAULT_N), str(_DEFAULT_R), str(_DEFAULT_P), _b64(salt), _b64(digest)))
 
 
 def verify_password(stored: str, password: str) -> bool:
@@ -78,9 +76,7 @@ def parse_password_hash(stored: str) -> ScryptHash:
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
     # OpenSSL refuses unless maxmem covers its two buffers (128*r*(n+2) and 128*r*p bytes).
     maxmem = 128 * r * (n + 2 + p) + 1024 * 1024
-    return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=dklen
-    )
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=dklen)
 
 
 def _b64(data: bytes) -> str:
@@ -130,9 +126,7 @@ class BanList:
     Not thread-safe: it lives on the event loop. The clock is a parameter so tests need no sleeping.
     """
 
-    def __init__(
-        self, max_failures: int, ban_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, max_failures: int, ban_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._max_failures = max_failures
         self._ban_s = ban_s
         self._clock = clock

@@ -266,8 +266,7 @@ class TenantFS:
 
     def _reject(self, upload: Upload) -> None:
         upload.rejected = (
-            f"upload rejected: {upload.name} exceeds the maximum file size of "
-            f"{self.max_file_bytes} bytes"
+            f"upload rejected: {upload.name} exceeds the maximum file size of {self.max_file_bytes} bytes"
         )
         self.discard(upload)  # free the disk now; the client will still close its handle
         raise OSError(errno.EFBIG, upload.rejected)

@@ -238,9 +238,7 @@ class _EnqueueWorker:
         self._queued: set[_Key] = set()
         self._unopened: dict[_Key, float] = {}  # created, no writer seen yet -> deadline
         self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="orgsyncd-watcher-enqueue", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="orgsyncd-watcher-enqueue", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -319,9 +317,7 @@ class _Ticker:
         self._interval_s = interval_s
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="orgsyncd-watcher-rescan", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="orgsyncd-watcher-rescan", daemon=True)
 
     def start(self) -> None:
         self._thread.start()

@@ -1,9 +1,9 @@
 """Alembic environment: always run online, on the connection orgsyncd hands in."""
 
 from alembic import context
+from sqlmodel import SQLModel
 
 from orgsyncd.store import tables  # noqa: F401  (registers the models)
-from sqlmodel import SQLModel
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -83,8 +83,8 @@ def create_staging(conn: Connection, group_count: int) -> None:
     groups = "".join(f", g{i} INTEGER" for i in range(group_count))
     sql.run(
         "CREATE TEMPORARY TABLE stg (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, ukey TEXT, "
-        "uid TEXT, email TEXT, first TEXT, last TEXT, title TEXT, lic_on TEXT, lic_off TEXT"
-        f"{groups})"
+        "uid TEXT, email TEXT, first TEXT, last TEXT, title TEXT, lic_on TEXT, lic_off TEXT, "
+        f"fp BIGINT{groups})"
     )
 
 
@@ -113,8 +113,11 @@ def _copy_pg(conn: Connection, rows: Iterable[StagedRow], columns: list[str]) ->
 
 
 def drop_staging(conn: Connection) -> None:
-    for table in ("stg", "pl", "absent"):
-        Sql(conn).run(f"DROP TABLE IF EXISTS {table}")
+    """PostgreSQL keeps pooled sessions, so drop the temporary tables; on SQLite they vanish with
+    the connection (closed after every job), which is much cheaper than dropping a big table."""
+    if conn.dialect.name == "postgresql":
+        for table in ("stg", "pl", "absent"):
+            Sql(conn).run(f"DROP TABLE IF EXISTS {table}")
 
 
 class Planner:
@@ -151,7 +154,7 @@ class Planner:
         self.sql.run("DROP TABLE IF EXISTS pl")
         self.sql.run(
             "CREATE TEMPORARY TABLE pl (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, ukey TEXT, "
-            f"uid TEXT, email TEXT, lic_on TEXT{gcols}, lid BIGINT, is_new INTEGER, adopt INTEGER, "
+            f"uid TEXT, email TEXT, lic_on TEXT, fp BIGINT{gcols}, lid BIGINT, is_new INTEGER, adopt INTEGER, "
             "echg INTEGER, cur_lic TEXT, cur_status TEXT, rel INTEGER, act INTEGER, chg INTEGER, "
             "n_email TEXT, n_uid TEXT, n_first TEXT, n_last TEXT, n_title TEXT, n_status TEXT, "
             "n_lic TEXT, outcome TEXT, note TEXT, note_msg TEXT)"
@@ -168,43 +171,43 @@ class Planner:
         gids = self._existing_group_ids()
         x_groups = "".join(f", m.g{i}, {_group_delta(i, gids[i])} AS d{i}" for i in groups)
         any_group = "".join(f" OR x.d{i} <> 0" for i in groups)
-        new_id = (
-            "nextval(pg_get_serial_sequence('learner', 'id'))" if self.sql.pg else ":base + m.line"
-        )
+        new_id = "nextval(pg_get_serial_sequence('learner', 'id'))" if self.sql.pg else ":base + m.line"
         needle = "'|' || l.license_type || '|'"
         off = f"(m.lic_off IS NOT NULL AND {self.sql.instr('m.lic_off', needle)} > 0)"
         ok = "(m.err IS NULL AND m.taken = 0)"
+        live = f"({ok} AND m.same = 0)"
         values = ", ".join(f"{_new_value(col, db_col)} AS n_{col}" for col, db_col in _TEXT_FIELDS)
         return f"""
 WITH m AS MATERIALIZED ({self._match_sql()}),
 x AS MATERIALIZED (
-  SELECT m.line, m.ukey, m.uid, m.email, m.lic_on,
+  SELECT m.line, m.ukey, m.uid, m.email, m.lic_on, m.fp, m.same,
     CASE WHEN m.err IS NOT NULL THEN m.err WHEN m.taken = 1 THEN 'email_taken' END AS err,
     CASE WHEN m.err IS NOT NULL THEN m.msg WHEN m.taken = 1
       THEN 'email ' || m.email || ' already belongs to another learner' END AS msg,
     CASE WHEN m.lid IS NULL AND {ok} THEN {new_id} ELSE m.lid END AS lid,
     CASE WHEN m.lid IS NULL THEN 1 ELSE 0 END AS is_new, m.adopt,
-    CASE WHEN {ok} AND (l.id IS NULL OR l.email <> m.email) THEN 1 ELSE 0 END AS echg,
+    CASE WHEN {live} AND (l.id IS NULL OR l.email <> m.email) THEN 1 ELSE 0 END AS echg,
     l.license_type AS cur_lic, l.status AS cur_status,
-    CASE WHEN {ok} AND l.license_type IS NOT NULL AND ({off} OR
+    CASE WHEN {live} AND l.license_type IS NOT NULL AND ({off} OR
       (m.lic_on IS NOT NULL AND m.lic_on <> l.license_type)) THEN 1 ELSE 0 END AS rel,
-    CASE WHEN {ok} AND m.lic_on IS NOT NULL AND
+    CASE WHEN {live} AND m.lic_on IS NOT NULL AND
       (l.license_type IS NULL OR m.lic_on <> l.license_type) THEN 1 ELSE 0 END AS act,
-    CASE WHEN l.id IS NOT NULL AND ({_field_changes()}) THEN 1 ELSE 0 END AS chg,
+    CASE WHEN m.same = 0 AND l.id IS NOT NULL AND ({_field_changes()}) THEN 1 ELSE 0 END AS chg,
     m.email AS n_email, COALESCE(m.uid, l.uid) AS n_uid, {values}{x_groups}
-  FROM m LEFT JOIN learner l ON l.id = m.lid
+  FROM m LEFT JOIN learner l ON l.id = m.lid AND m.same = 0
 )
-INSERT INTO pl (line, err, msg, ukey, uid, email, lic_on{"".join(f", g{i}, d{i}" for i in groups)},
+INSERT INTO pl (line, err, msg, ukey, uid, email, lic_on, fp{"".join(f", g{i}, d{i}" for i in groups)},
   lid, is_new, adopt, echg, cur_lic, cur_status, rel, act, chg, n_email, n_uid, n_first, n_last,
   n_title, n_status, n_lic, outcome, note, note_msg)
-SELECT x.line, x.err, x.msg, x.ukey, x.uid, x.email, x.lic_on
+SELECT x.line, x.err, x.msg, x.ukey, x.uid, x.email, x.lic_on, x.fp
   {"".join(f", x.g{i}, x.d{i}" for i in groups)},
   x.lid, x.is_new, x.adopt, x.echg, x.cur_lic, x.cur_status, x.rel, x.act, x.chg,
   x.n_email, x.n_uid, x.n_first, x.n_last, x.n_title,
   CASE WHEN x.act = 1 THEN 'invited' WHEN x.rel = 1 THEN 'deactivated'
     WHEN x.is_new = 1 THEN 'unassigned' ELSE x.cur_status END,
   CASE WHEN x.act = 1 THEN x.lic_on WHEN x.rel = 1 THEN NULL ELSE x.cur_lic END,
-  CASE WHEN x.err IS NOT NULL THEN 'error' WHEN x.is_new = 1 THEN 'created'
+  CASE WHEN x.err IS NOT NULL THEN 'error' WHEN x.same = 1 THEN 'unchanged'
+    WHEN x.is_new = 1 THEN 'created'
     WHEN x.act = 1 AND x.cur_status = 'deactivated' THEN 'reactivated'
     WHEN x.rel = 1 AND x.act = 0 THEN 'deactivated'
     WHEN x.act = 1 OR x.rel = 1 OR x.adopt = 1 OR x.chg = 1{any_group} THEN 'updated'
@@ -216,10 +219,12 @@ FROM x ORDER BY x.line"""
 
     def _match_sql(self) -> str:
         """Which learner each row means. With a uid: that uid's learner; else the email's learner
-        if it has no uid (adoption); an email held by someone else is email_taken."""
+        if it has no uid (adoption); an email held by someone else is email_taken. A learner whose
+        fingerprint equals the row's is unchanged (``same``) and costs no further probes."""
         if not self.req.has_uid:
             return (
-                "SELECT s.*, le.id AS lid, 0 AS adopt, 0 AS taken FROM stg s "
+                "SELECT s.*, le.id AS lid, 0 AS adopt, 0 AS taken, "
+                "CASE WHEN le.fp = s.fp THEN 1 ELSE 0 END AS same FROM stg s "
                 "LEFT JOIN learner le ON le.tenant_id = :t AND le.email = s.email"
             )
         return (
@@ -229,17 +234,16 @@ FROM x ORDER BY x.line"""
             "AND le.uid IS NULL THEN 1 ELSE 0 END AS adopt, "
             "CASE WHEN s.uid IS NOT NULL AND le.id IS NOT NULL AND ((lu.id IS NULL AND "
             "le.uid IS NOT NULL) OR (lu.id IS NOT NULL AND le.id <> lu.id)) THEN 1 ELSE 0 END "
-            "AS taken FROM stg s "
-            "LEFT JOIN learner lu ON lu.tenant_id = :t AND lu.uid = s.uid "
-            "LEFT JOIN learner le ON le.tenant_id = :t AND le.email = s.email"
+            "AS taken, CASE WHEN lu.id IS NOT NULL THEN (CASE WHEN lu.fp = s.fp THEN 1 ELSE 0 END) "
+            "WHEN le.fp = s.fp AND (s.uid IS NULL OR le.uid IS NULL) THEN 1 ELSE 0 END AS same "
+            "FROM stg s LEFT JOIN learner lu ON lu.tenant_id = :t AND lu.uid = s.uid "
+            # The email lookup is only needed when the uid's learner has another email (or none).
+            "LEFT JOIN learner le ON le.tenant_id = :t AND le.email = s.email "
+            "AND (lu.id IS NULL OR lu.email <> s.email)"
         )
 
     def _existing_group_ids(self) -> list[int | None]:
-        ids = dict(
-            self.sql.run(
-                "SELECT name_key, id FROM learner_group WHERE tenant_id = :t", self.p
-            ).all()
-        )
+        ids = dict(self.sql.run("SELECT name_key, id FROM learner_group WHERE tenant_id = :t", self.p).all())
         return [ids.get(name.casefold()) for name in self.req.groups]
 
     # -- row errors that need the whole file --------------------------------------------------
@@ -264,8 +268,7 @@ FROM x ORDER BY x.line"""
         # Only rows that bring an email a learner doesn't have yet can clash with each other.
         self._mark(
             "email_taken",
-            "'email ' || pl.email || ' is already used on line ' || d.first_line "
-            "|| ' by another learner'",
+            "'email ' || pl.email || ' is already used on line ' || d.first_line || ' by another learner'",
             "SELECT email AS k, MIN(line) AS first_line FROM pl WHERE err IS NULL AND echg = 1 "
             "GROUP BY email HAVING COUNT(*) > 1",
             "email",
@@ -291,18 +294,14 @@ FROM x ORDER BY x.line"""
             "AND id NOT IN (SELECT lid FROM pl WHERE is_new = 0 AND lid IS NOT NULL)",
             self.p,
         )
-        rows = self.sql.run(
-            "SELECT cur_lic, COUNT(*) FROM absent WHERE cur_lic IS NOT NULL GROUP BY cur_lic"
-        )
+        rows = self.sql.run("SELECT cur_lic, COUNT(*) FROM absent WHERE cur_lic IS NOT NULL GROUP BY cur_lic")
         return {lic: n for lic, n in rows}
 
     def _seats(self, absent_licensed: dict[str, int]) -> None:
         limited = {lic: seats for lic, seats in self.req.tenant.licenses.items() if seats > 0}
         if not limited:
             return
-        wanted = self._counts(
-            "SELECT lic_on, COUNT(*) FROM pl WHERE err IS NULL AND act = 1 GROUP BY lic_on"
-        )
+        wanted = self._counts("SELECT lic_on, COUNT(*) FROM pl WHERE err IS NULL AND act = 1 GROUP BY lic_on")
         in_use = self._counts(
             "SELECT license_type, COUNT(*) FROM learner WHERE tenant_id = :t "
             "AND license_type IS NOT NULL GROUP BY license_type"
@@ -310,8 +309,7 @@ FROM x ORDER BY x.line"""
         # Seats freed by this file (pure releases) are reusable by it; a reassignment's old seat
         # is not counted, since that row may still fail and keep it.
         freed = self._counts(
-            "SELECT cur_lic, COUNT(*) FROM pl WHERE err IS NULL AND rel = 1 AND act = 0 "
-            "GROUP BY cur_lic"
+            "SELECT cur_lic, COUNT(*) FROM pl WHERE err IS NULL AND rel = 1 AND act = 0 GROUP BY cur_lic"
         )
         for lic, seats in limited.items():
             free = seats - in_use.get(lic, 0) + freed.get(lic, 0) + absent_licensed.get(lic, 0)
@@ -355,9 +353,7 @@ FROM x ORDER BY x.line"""
         if self.req.mode != "full" or self.req.approved or plan.deactivations == 0:
             return None
         over_ratio = plan.deactivations > cfg.max_deactivation_ratio * plan.licensed
-        over_count = (
-            cfg.max_deactivations is not None and plan.deactivations > cfg.max_deactivations
-        )
+        over_count = cfg.max_deactivations is not None and plan.deactivations > cfg.max_deactivations
         if not (over_ratio or over_count):
             return None
         limit = (
@@ -377,12 +373,10 @@ def _group_delta(i: int, gid: int | None) -> str:
     """+1 join, -1 leave, 0 no change, for group column i of a valid row."""
     joins = f"CASE WHEN m.g{i} = 1 THEN 1 ELSE 0 END"
     if gid is None:  # the group does not exist yet: nobody is a member
-        return (
-            f"CASE WHEN m.err IS NOT NULL OR m.taken = 1 OR m.g{i} IS NULL THEN 0 ELSE {joins} END"
-        )
+        return f"CASE WHEN m.err IS NOT NULL OR m.taken = 1 OR m.g{i} IS NULL THEN 0 ELSE {joins} END"
     member = f"EXISTS (SELECT 1 FROM membership mm WHERE mm.group_id = {int(gid)} AND mm.learner_id = m.lid)"
     return (
-        f"CASE WHEN m.err IS NOT NULL OR m.taken = 1 OR m.g{i} IS NULL THEN 0 "
+        f"CASE WHEN m.err IS NOT NULL OR m.taken = 1 OR m.same = 1 OR m.g{i} IS NULL THEN 0 "
         f"WHEN m.lid IS NULL THEN {joins} "
         f"WHEN {member} THEN (CASE WHEN m.g{i} = 0 THEN -1 ELSE 0 END) ELSE {joins} END"
     )
@@ -393,9 +387,7 @@ def _new_value(col: str, db_col: str) -> str:
 
 
 def _field_changes() -> str:
-    checks = [
-        f"({_new_value(col, db_col)}) IS DISTINCT FROM l.{db_col}" for col, db_col in _TEXT_FIELDS
-    ]
+    checks = [f"({_new_value(col, db_col)}) IS DISTINCT FROM l.{db_col}" for col, db_col in _TEXT_FIELDS]
     checks += ["m.email IS DISTINCT FROM l.email", "COALESCE(m.uid, l.uid) IS DISTINCT FROM l.uid"]
     return " OR ".join(checks)
 
@@ -436,9 +428,7 @@ class Applier:
             "VALUES (:t, :name, :key, :job) ON CONFLICT (tenant_id, name_key) DO NOTHING",
             params,
         )
-        gid = self.sql.scalar(
-            "SELECT id FROM learner_group WHERE tenant_id = :t AND name_key = :key", params
-        )
+        gid = self.sql.scalar("SELECT id FROM learner_group WHERE tenant_id = :t AND name_key = :key", params)
         return int(gid)
 
     def _audit(self, full: bool) -> None:
@@ -490,9 +480,7 @@ class Applier:
             self.p,
         )
         if full:
-            gone_before = self.sql.json_object(
-                [("status", "a.cur_status"), ("license", "a.cur_lic")]
-            )
+            gone_before = self.sql.json_object([("status", "a.cur_status"), ("license", "a.cur_lic")])
             gone_after = self.sql.json_object(
                 [("status", "'deactivated'"), ("license", "NULL"), ("reason", "'not in full file'")]
             )
@@ -527,13 +515,13 @@ class Applier:
         self.sql.run(
             "UPDATE learner SET email = s.n_email, uid = s.n_uid, first_name = s.n_first, "
             "last_name = s.n_last, title = s.n_title, status = s.n_status, license_type = s.n_lic, "
-            "updated_job_id = :job, updated_at = :now FROM pl s "
+            "fp = s.fp, updated_job_id = :job, updated_at = :now FROM pl s "
             f"WHERE learner.id = s.lid AND s.outcome IN {_APPLIED}",
             self.p,
         )
         if full:
             self.sql.run(
-                "UPDATE learner SET status = 'deactivated', license_type = NULL, "
+                "UPDATE learner SET status = 'deactivated', license_type = NULL, fp = NULL, "
                 "updated_job_id = :job, updated_at = :now WHERE id IN (SELECT lid FROM absent)",
                 self.p,
             )
@@ -541,8 +529,8 @@ class Applier:
     def _insert_learners(self) -> None:
         self.sql.run(
             "INSERT INTO learner (id, tenant_id, uid, email, first_name, last_name, title, status, "
-            "license_type, created_job_id, updated_job_id, created_at, updated_at) "
-            "SELECT lid, :t, n_uid, n_email, n_first, n_last, n_title, n_status, n_lic, :job, :job, "
+            "license_type, fp, created_job_id, updated_job_id, created_at, updated_at) "
+            "SELECT lid, :t, n_uid, n_email, n_first, n_last, n_title, n_status, n_lic, fp, :job, :job, "
             ":now, :now FROM pl WHERE outcome = 'created' ORDER BY lid",
             self.p,
         )
@@ -557,9 +545,7 @@ class Applier:
 
     def _apply_groups(self, group_ids: list[int], inactive: int | None) -> None:
         # With an inactive group, a deactivated learner's group columns are overruled by the move.
-        eligible = "outcome <> 'error'" + (
-            " AND outcome <> 'deactivated'" if inactive is not None else ""
-        )
+        eligible = "outcome <> 'error'" + (" AND outcome <> 'deactivated'" if inactive is not None else "")
         for i, gid in enumerate(group_ids):
             params = {"gid": gid}
             self.sql.run(
@@ -578,9 +564,7 @@ class Applier:
         if full:
             gone += " UNION ALL SELECT lid FROM absent"
         params = {"gid": inactive}
-        self.sql.run(
-            f"DELETE FROM membership WHERE group_id <> :gid AND learner_id IN ({gone})", params
-        )
+        self.sql.run(f"DELETE FROM membership WHERE group_id <> :gid AND learner_id IN ({gone})", params)
         self.sql.run(
             f"INSERT INTO membership (group_id, learner_id) SELECT :gid, lid FROM ({gone}) g "
             "WHERE lid IS NOT NULL ON CONFLICT DO NOTHING",

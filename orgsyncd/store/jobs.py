@@ -140,9 +140,7 @@ class JobStore:
 
     def has_spool_path(self, spool_path: str) -> bool:
         with self.engine.connect() as conn:
-            return (
-                conn.execute(select(Job.id).where(Job.spool_path == spool_path)).first() is not None
-            )  # type: ignore[arg-type]
+            return conn.execute(select(Job.id).where(Job.spool_path == spool_path)).first() is not None  # type: ignore[arg-type]
 
     def get(self, job_id: int) -> JobRecord:
         with Session(self.engine) as session:
@@ -153,9 +151,7 @@ class JobStore:
             assert tenant is not None
             return _record(job, tenant.name)
 
-    def list(
-        self, tenant: str | None = None, status: str | None = None, limit: int = 100
-    ) -> list[JobRecord]:
+    def list(self, tenant: str | None = None, status: str | None = None, limit: int = 100) -> list[JobRecord]:
         with Session(self.engine) as session:
             query = select(Job, Tenant.name).join(Tenant, Tenant.id == Job.tenant_id)  # type: ignore[arg-type]
             if tenant:
@@ -232,14 +228,10 @@ class JobStore:
             query = select(func.count()).select_from(Job).where(Job.status == QUEUED)  # type: ignore[arg-type]
             return int(conn.execute(query).scalar_one())
 
-    def transition(
-        self, job_id: int, allowed: Sequence[str], verb: str, **values: Any
-    ) -> JobRecord:
+    def transition(self, job_id: int, allowed: Sequence[str], verb: str, **values: Any) -> JobRecord:
         job = self.get(job_id)
         if job.status not in allowed:
-            raise UsageError(
-                f"job {job_id} is {job.status}; only {' or '.join(allowed)} jobs can be {verb}"
-            )
+            raise UsageError(f"job {job_id} is {job.status}; only {' or '.join(allowed)} jobs can be {verb}")
         with self.engine.begin() as conn:
             changed = conn.execute(
                 update(Job).where(Job.id == job_id, Job.status == job.status).values(**values)  # type: ignore[arg-type]

@@ -129,8 +129,7 @@ class LearnerStore:
                 {"l": learner_id},
             ).all()
         return [
-            AuditView(job_id=r[0], action=r[1], before=_json(r[2]), after=_json(r[3]), at=r[4])
-            for r in rows
+            AuditView(job_id=r[0], action=r[1], before=_json(r[2]), after=_json(r[3]), at=r[4]) for r in rows
         ]
 
     def _groups_of(self, conn: Connection, ids: list[int]) -> dict[int, list[str]]:
@@ -181,18 +180,14 @@ class LearnerStore:
         """
         position = {gid: i for i, gid in enumerate(group_ids)}
         with self.engine.connect() as learners_conn, self.engine.connect() as members_conn:
-            learners = learners_conn.execution_options(
-                stream_results=True, yield_per=EXPORT_BATCH
-            ).execute(
+            learners = learners_conn.execution_options(stream_results=True, yield_per=EXPORT_BATCH).execute(
                 text(
                     "SELECT id, uid, first_name, last_name, email, title, license_type FROM learner "
                     "WHERE tenant_id = :t ORDER BY id"
                 ),
                 {"t": tenant_id},
             )
-            members = members_conn.execution_options(
-                stream_results=True, yield_per=EXPORT_BATCH
-            ).execute(
+            members = members_conn.execution_options(stream_results=True, yield_per=EXPORT_BATCH).execute(
                 text(
                     "SELECT m.learner_id, m.group_id FROM membership m JOIN learner l ON l.id = m.learner_id "
                     "WHERE l.tenant_id = :t ORDER BY m.learner_id"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -32,6 +32,8 @@ class Learner(SQLModel, table=True):
     title: str | None = Field(default=None, max_length=255)
     status: str = Field(max_length=16)
     license_type: str | None = Field(default=None, max_length=128)
+    # Fingerprint of the roster row that last set this learner (see core.rows.RowValidator).
+    fp: int | None = Field(default=None, sa_type=BigInteger)
     created_job_id: int | None = None
     updated_job_id: int | None = None
     created_at: datetime

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import shutil
 import socket
@@ -267,8 +268,6 @@ def _ssh_options(env: Env, key: str) -> list[str]:
         "BatchMode=yes",
         "-o",
         "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
     ]
 
 
@@ -289,7 +288,7 @@ def payload(size: int, seed: int = 1) -> bytes:
 def test_paramiko_upload_lands_in_inbox_and_is_reported_once(server: Env) -> None:
     data = payload(300_000)
     with capture_logs() as logs, connect(server) as sftp:
-        sftp.putfo(_bytes_io(data), "/inbox/day1.csv")
+        sftp.putfo(io.BytesIO(data), "/inbox/day1.csv")
 
     assert server.uploads == [("acme", server.inbox() / "day1.csv", data)]
     assert (server.inbox() / "day1.csv").read_bytes() == data
@@ -356,11 +355,11 @@ def test_channel_closed_mid_upload_leaves_nothing(server: Env) -> None:
 def test_temporary_name_is_reported_only_when_renamed(server: Env) -> None:
     data = payload(50_000, seed=3)
     with connect(server) as sftp:
-        sftp.putfo(_bytes_io(data), "/inbox/day3.csv.part")
+        sftp.putfo(io.BytesIO(data), "/inbox/day3.csv.part")
         assert server.uploads == []
         assert "day3.csv.part" in sftp.listdir("/inbox")
         sftp.rename("/inbox/day3.csv.part", "/inbox/day3.csv")
-        sftp.putfo(_bytes_io(data), "/inbox/.day4.csv")
+        sftp.putfo(io.BytesIO(data), "/inbox/.day4.csv")
         sftp.posix_rename("/inbox/.day4.csv", "/inbox/day4.csv")
 
     assert server.uploads == [
@@ -383,8 +382,8 @@ def test_openssh_temporary_upload_then_rename(server: Env) -> None:
 
 def test_plain_rename_does_not_replace_but_posix_rename_does(server: Env) -> None:
     with connect(server) as sftp:
-        sftp.putfo(_bytes_io(b"old"), "/inbox/a.csv")
-        sftp.putfo(_bytes_io(b"new"), "/inbox/a.csv.tmp")
+        sftp.putfo(io.BytesIO(b"old"), "/inbox/a.csv")
+        sftp.putfo(io.BytesIO(b"new"), "/inbox/a.csv.tmp")
         with pytest.raises(OSError):
             sftp.rename("/inbox/a.csv.tmp", "/inbox/a.csv")
         assert (server.inbox() / "a.csv").read_bytes() == b"old"
@@ -396,9 +395,13 @@ def test_plain_rename_does_not_replace_but_posix_rename_does(server: Env) -> Non
 def test_uploads_over_the_size_limit_are_refused_and_discarded(env: Env) -> None:
     env.start(env.settings(max_file_bytes=100_000))
     with connect(env) as sftp:
-        with pytest.raises(OSError, match="maximum file size"):
-            sftp.putfo(_bytes_io(payload(150_000)), "/inbox/big.csv")
-        sftp.putfo(_bytes_io(payload(100_000)), "/inbox/exact.csv")
+        with sftp.open("/inbox/big.csv", "wb") as handle:
+            handle.write(payload(90_000))
+            with pytest.raises(OSError, match="exceeds the maximum file size of 100000 bytes"):
+                handle.write(payload(60_000))  # unpipelined: each write's status is checked
+        with pytest.raises(OSError):
+            sftp.putfo(io.BytesIO(payload(150_000)), "/inbox/big1.csv")  # pipelined
+        sftp.putfo(io.BytesIO(payload(100_000)), "/inbox/exact.csv")
     local = env.tmp / "big.csv"
     local.write_bytes(payload(150_000))
     result = openssh(env, [f"put {local} /inbox/big2.csv"])
@@ -411,7 +414,7 @@ def test_uploads_over_the_size_limit_are_refused_and_discarded(env: Env) -> None
 
 def test_tenant_can_remove_its_own_inbox_files(server: Env) -> None:
     with connect(server) as sftp:
-        sftp.putfo(_bytes_io(b"x"), "/inbox/oops.csv")
+        sftp.putfo(io.BytesIO(b"x"), "/inbox/oops.csv")
         sftp.remove("/inbox/oops.csv")
         with pytest.raises(FileNotFoundError):
             sftp.remove("/inbox/oops.csv")
@@ -420,12 +423,16 @@ def test_tenant_can_remove_its_own_inbox_files(server: Env) -> None:
 
 def test_slow_on_upload_does_not_stall_other_sessions(server: Env) -> None:
     release = threading.Event()
-    server.on_upload_hook = lambda: release.wait(WAIT_S) and None
+
+    def block() -> None:
+        release.wait(WAIT_S)
+
+    server.on_upload_hook = block
     uploader_done = threading.Event()
 
     def upload() -> None:
         with connect(server) as sftp:
-            sftp.putfo(_bytes_io(b"a,b\n"), "/inbox/slow.csv")
+            sftp.putfo(io.BytesIO(b"a,b\n"), "/inbox/slow.csv")
         uploader_done.set()
 
     thread = threading.Thread(target=upload)
@@ -454,7 +461,8 @@ def test_root_lists_the_four_areas_only(server: Env) -> None:
         assert sftp.normalize("../../..") == "/"
     result = openssh(server, ["ls /"])
     assert result.returncode == 0, result.stderr
-    assert sorted(result.stdout.split()[2:]) == sorted(f"/{d}" for d in VISIBLE_DIRS)
+    listed = [line for line in result.stdout.splitlines() if not line.startswith("sftp>")]
+    assert sorted(" ".join(listed).split()) == sorted(f"/{d}" for d in VISIBLE_DIRS)
 
 
 def test_paths_cannot_escape_the_tenant_tree(server: Env) -> None:
@@ -485,11 +493,11 @@ def test_paths_cannot_escape_the_tenant_tree(server: Env) -> None:
         assert "escape" not in sftp.listdir("/inbox")
         assert "outdir" not in sftp.listdir("/results")
         with pytest.raises(OSError):
-            sftp.putfo(_bytes_io(b"overwrite"), "/inbox/escape")
+            sftp.putfo(io.BytesIO(b"overwrite"), "/inbox/escape")
         with pytest.raises(OSError):
-            sftp.putfo(_bytes_io(b"planted"), "/../globex/inbox/planted.csv")
+            sftp.putfo(io.BytesIO(b"planted"), "/../globex/inbox/planted.csv")
         with pytest.raises(OSError):
-            sftp.putfo(_bytes_io(b"planted"), "/results/outdir/planted.csv")
+            sftp.putfo(io.BytesIO(b"planted"), "/results/outdir/planted.csv")
         with pytest.raises(OSError):
             sftp.remove("/inbox/escape")
 
@@ -509,7 +517,7 @@ def test_read_only_areas_refuse_changes_but_allow_downloads(server: Env) -> None
         assert sftp.open("/results/day1.1.results.csv").read() == report.read_bytes()
         for area in ("results", "exports", "archive"):
             with pytest.raises(PermissionError):
-                sftp.putfo(_bytes_io(b"x"), f"/{area}/new.csv")
+                sftp.putfo(io.BytesIO(b"x"), f"/{area}/new.csv")
         with pytest.raises(PermissionError):
             sftp.remove("/results/day1.1.results.csv")
         with pytest.raises(PermissionError):
@@ -525,7 +533,7 @@ def test_read_only_areas_refuse_changes_but_allow_downloads(server: Env) -> None
 
 def test_mkdir_links_and_attribute_changes_are_refused(server: Env) -> None:
     with connect(server) as sftp:
-        sftp.putfo(_bytes_io(b"a"), "/inbox/a.csv")
+        sftp.putfo(io.BytesIO(b"a"), "/inbox/a.csv")
         refused: list[Callable[[], object]] = [
             lambda: sftp.mkdir("/inbox/sub"),
             lambda: sftp.rmdir("/inbox"),
@@ -586,8 +594,15 @@ def test_shell_exec_scp_and_forwarding_are_refused(server: Env) -> None:
     local = server.tmp / "scp.csv"
     local.write_text("a,b\n")
     scp = subprocess.run(
-        ["scp", "-O", *_ssh_options(server, "acme"), "-P", str(server.port)]
-        + [str(local), "acme@127.0.0.1:/inbox/scp.csv"],
+        [
+            "scp",
+            "-O",  # the legacy SCP protocol: an exec of "scp -t", which must be refused
+            *_ssh_options(server, "acme"),
+            "-P",
+            str(server.port),
+            str(local),
+            "acme@127.0.0.1:/inbox/scp.csv",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -649,9 +664,12 @@ def test_password_login_with_scrypt_hash(env: Env) -> None:
     env.start(env.settings(tenants))
     with capture_logs() as logs:
         with connect(env, "initech", password=PASSWORD) as sftp:
-            sftp.putfo(_bytes_io(b"a,b\n"), "/inbox/pw.csv")
+            sftp.putfo(io.BytesIO(b"a,b\n"), "/inbox/pw.csv")
         for user, password in (("initech", "wrong"), ("acme", PASSWORD), ("ghost", PASSWORD)):
-            with pytest.raises(paramiko.AuthenticationException), connect(env, user, password=password):
+            with (
+                pytest.raises(paramiko.AuthenticationException),
+                connect(env, user, password=password),
+            ):
                 pass
     assert [(t, p.name) for t, p, _ in env.uploads] == [("initech", "pw.csv")]
     assert env.metrics.counts["auth_failed"] == 3
@@ -766,7 +784,7 @@ def _server_key(env: Env) -> str:
         transport = paramiko.Transport(sock)
         try:
             transport.start_client(timeout=WAIT_S)
-            return transport.get_remote_server_key().get_base64()
+            return str(transport.get_remote_server_key().get_base64())
         finally:
             transport.close()
 
@@ -793,9 +811,3 @@ def test_only_modern_algorithms_are_negotiated(server: Env) -> None:
         extra = [option, value] + (["-c", "aes128-ctr"] if "MACs" in value else [])
         result = openssh(server, ["ls /"], "acme", None, *extra)
         assert result.returncode != 0 and "no matching" in result.stderr, value
-
-
-def _bytes_io(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)

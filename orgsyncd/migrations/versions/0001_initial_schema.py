@@ -11,7 +11,6 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -90,6 +89,7 @@ def upgrade() -> None:
         sa.Column("title", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("license_type", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
+        sa.Column("fp", sa.BigInteger(), nullable=True),
         sa.Column("created_job_id", sa.Integer(), nullable=True),
         sa.Column("updated_job_id", sa.Integer(), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -103,9 +103,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "uid", name="uq_learner_uid"),
     )
     with op.batch_alter_table("learner", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_learner_tenant_license", ["tenant_id", "license_type"], unique=False
-        )
+        batch_op.create_index("ix_learner_tenant_license", ["tenant_id", "license_type"], unique=False)
 
     op.create_table(
         "learner_group",
