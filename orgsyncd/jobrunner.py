@@ -10,7 +10,6 @@ next start. So a job is applied once and its result files appear once.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -144,24 +143,42 @@ class JobRunner:
             if not self._lock_tenant(conn, job.tenant_id):
                 return None
             try:
-                with conn.begin():
-                    staged = self._stage(conn, source, tenant, progress)
-            except FileRejected as exc:
-                drop_staging(conn)
-                conn.commit()
-                return self._file_failed(job, dirs, mode, started, None, exc)
-            faults.checkpoint("after_stage")
-            summary = self._plan_and_apply(conn, job, tenant, dirs, mode, started, staged, source)
+                outcome = self._stage_plan_apply(conn, job, tenant, dirs, mode, started, source, progress)
+            finally:
+                self._unlock_tenant(conn, job.tenant_id)
+        if isinstance(outcome, FileRejected):
+            return self._file_failed(job, dirs, mode, started, None, outcome)
+        summary = outcome
         if summary is not None:
             log.info(
                 "import_finished",
                 status=summary.status,
                 counts=summary.counts,
-                rows=staged.rows,
                 seconds=round(time.monotonic() - clock, 3),
             )
             self.finalize(self.jobs.get(job.id))
         return summary
+
+    def _stage_plan_apply(
+        self,
+        conn: Connection,
+        job: JobRecord,
+        tenant: TenantConfig,
+        dirs: TenantDirs,
+        mode: str,
+        started: datetime,
+        source: Path,
+        progress: Progress | None,
+    ) -> Summary | FileRejected | None:
+        try:
+            with conn.begin():
+                staged = self._stage(conn, source, tenant, progress)
+        except FileRejected as exc:
+            drop_staging(conn)
+            conn.commit()
+            return exc
+        faults.checkpoint("after_stage")
+        return self._plan_and_apply(conn, job, tenant, dirs, mode, started, staged, source)
 
     def _plan_and_apply(
         self,
@@ -270,6 +287,14 @@ class JobRunner:
         ).scalar()
         conn.commit()
         return bool(got)
+
+    def _unlock_tenant(self, conn: Connection, tenant_id: int) -> None:
+        if is_sqlite(conn):
+            return
+        if conn.in_transaction():
+            conn.rollback()
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": tenant_lock_key(tenant_id)})
+        conn.commit()
 
     # -- summaries and result files ---------------------------------------------------------
 
@@ -439,8 +464,3 @@ class _atomic_text:
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
-
-
-def copy_into(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)

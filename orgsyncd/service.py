@@ -156,7 +156,7 @@ class Service:
         return queued
 
     def queue_depth(self) -> int:
-        return self.jobs.queue_depth()
+        return self.jobs.queue_depth(list(self.settings.tenants))
 
     # -- processing ---------------------------------------------------------------------------
 

@@ -224,8 +224,11 @@ class JobStore:
             return [_record(job, name) for job, name in rows]
 
     def queue_depth(self, tenants: Sequence[str] | None = None) -> int:
+        """Queued jobs (of these tenants, when given)."""
+        query = select(func.count()).select_from(Job).where(Job.status == QUEUED)  # type: ignore[arg-type]
+        if tenants is not None:
+            query = query.join(Tenant, Tenant.id == Job.tenant_id).where(Tenant.name.in_(list(tenants)))  # type: ignore[arg-type,attr-defined]
         with self.engine.connect() as conn:
-            query = select(func.count()).select_from(Job).where(Job.status == QUEUED)  # type: ignore[arg-type]
             return int(conn.execute(query).scalar_one())
 
     def transition(self, job_id: int, allowed: Sequence[str], verb: str, **values: Any) -> JobRecord:

@@ -35,7 +35,11 @@ def day1() -> str:
 def test_worked_example_day1_then_day2(env: Env) -> None:
     first = env.run(day1(), name="day1.csv")
     assert first.status == "partially_succeeded"
-    assert env.outcomes(first) == [("2", "created", ""), ("3", "created", ""), ("4", "error", "invalid_email")]
+    assert env.outcomes(first) == [
+        ("2", "created", ""),
+        ("3", "created", ""),
+        ("4", "error", "invalid_email"),
+    ]
     assert env.summary_json(first)["counts"] == {
         "created": 2, "updated": 0, "unchanged": 0, "deactivated": 0, "reactivated": 0, "error": 1, "warning": 0,
     }  # fmt: skip
@@ -86,7 +90,10 @@ def test_uid_changes_email_and_adopts_learner_without_uid(env: Env) -> None:
     env.run(roster(["primary_email_address"], [["old@example.com"], ["plain@example.com"]]))
     header = ["unique_user_id", "primary_email_address"]
     adopt = env.run(roster(header, [["U1", "old@example.com"], ["U2", "plain@example.com"]]))
-    assert [(o, c) for _, o, c in env.outcomes(adopt)] == [("updated", "uid_adopted"), ("updated", "uid_adopted")]
+    assert [(o, c) for _, o, c in env.outcomes(adopt)] == [
+        ("updated", "uid_adopted"),
+        ("updated", "uid_adopted"),
+    ]
     moved = env.run(roster(header, [["U1", "new@example.com"]]))
     assert env.outcomes(moved) == [("2", "updated", "")]
     learner = env.learner("U1")
@@ -134,7 +141,9 @@ def test_active_column_true_false(env: Env) -> None:
 
 def test_file_without_licence_column_leaves_licences_alone(env: Env) -> None:
     env.run(roster(["primary_email_address", f"{LIC}_status"], [["a@example.com", "active"]]))
-    summary = env.run(roster(["primary_email_address", "work_title"], [["a@example.com", "CTO"], ["n@example.com", "New"]]))
+    summary = env.run(
+        roster(["primary_email_address", "work_title"], [["a@example.com", "CTO"], ["n@example.com", "New"]])
+    )
     assert [o for _, o, _ in env.outcomes(summary)] == ["updated", "created"]
     assert env.learner("a@example.com").license_type == LIC
     assert env.learner("n@example.com").status == "unassigned"
@@ -198,17 +207,20 @@ def test_blank_means_modes(env: Env) -> None:
 
 def test_every_row_level_code_and_one_line_per_row(env: Env) -> None:
     header = ["primary_email_address", "preferred_first_name", f"{LIC}_status", "group/X"]
-    text = roster(
-        header,
-        [
-            ["ok@example.com", "Ok", "active", "1"],
-            ["", "NoMail", "active", "1"],
-            ["bad@", "Bad", "active", "1"],
-            ["v@example.com", "V", "maybe", "1"],
-            ["g@example.com", "G", "active", "yes"],
-            ["long@example.com", "x" * 256, "active", "1"],
-        ],
-    ) + "short@example.com,Short\n"
+    text = (
+        roster(
+            header,
+            [
+                ["ok@example.com", "Ok", "active", "1"],
+                ["", "NoMail", "active", "1"],
+                ["bad@", "Bad", "active", "1"],
+                ["v@example.com", "V", "maybe", "1"],
+                ["g@example.com", "G", "active", "yes"],
+                ["long@example.com", "x" * 256, "active", "1"],
+            ],
+        )
+        + "short@example.com,Short\n"
+    )
     summary = env.run(text)
     assert [c for _, _, c in env.outcomes(summary)] == [
         "", "missing_email", "invalid_email", "invalid_value", "invalid_value", "value_too_long", "field_count",

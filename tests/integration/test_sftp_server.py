@@ -361,12 +361,13 @@ def test_temporary_name_is_reported_only_when_renamed(server: Env) -> None:
         sftp.rename("/inbox/day3.csv.part", "/inbox/day3.csv")
         sftp.putfo(io.BytesIO(data), "/inbox/.day4.csv")
         sftp.posix_rename("/inbox/.day4.csv", "/inbox/day4.csv")
+        sftp.rename("/inbox/day4.csv", "/inbox/day5.csv")  # final to final: already reported
 
     assert server.uploads == [
         ("acme", server.inbox() / "day3.csv", data),
         ("acme", server.inbox() / "day4.csv", data),
     ]
-    assert sorted(p.name for p in server.inbox().iterdir()) == ["day3.csv", "day4.csv"]
+    assert sorted(p.name for p in server.inbox().iterdir()) == ["day3.csv", "day5.csv"]
 
 
 def test_openssh_temporary_upload_then_rename(server: Env) -> None:
@@ -575,7 +576,13 @@ def test_shell_exec_scp_and_forwarding_are_refused(server: Env) -> None:
             client.invoke_shell()  # asks for a PTY first, then a shell
         channel = transport.open_session()
         with pytest.raises(paramiko.SSHException):
+            channel.get_pty()
+        with pytest.raises(paramiko.SSHException):
             channel.invoke_shell()
+        channel.close()
+        channel = transport.open_session()
+        with pytest.raises(paramiko.SSHException):
+            channel.invoke_subsystem("shell")
         channel.close()
         with pytest.raises(paramiko.ChannelException):
             transport.open_channel("direct-tcpip", ("127.0.0.1", server.port), ("127.0.0.1", 0))
@@ -644,6 +651,9 @@ def test_peer_is_banned_after_repeated_failures(env: Env) -> None:
         with pytest.raises(paramiko.SSHException), connect(env, key="stranger"):
             pass
     assert env.metrics.counts["banned"] == 1
+    with socket.create_connection(("127.0.0.1", env.port), timeout=WAIT_S) as sock:
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(64) == b""  # closed before the SSH banner: nothing to talk to
     with pytest.raises((paramiko.SSHException, EOFError, OSError)), connect(env):
         pass  # the right key, but the address is banned: refused before the SSH banner
     assert openssh(env, ["ls"]).returncode != 0

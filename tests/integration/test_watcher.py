@@ -134,9 +134,7 @@ def report_sentinel(inbox: Path, calls: Calls) -> None:
     assert calls.wait_for("sentinel.csv")
 
 
-def test_closed_file_is_reported_once_within_two_seconds(
-    start_watcher: StartWatcher, inbox: Path
-) -> None:
+def test_closed_file_is_reported_once_within_two_seconds(start_watcher: StartWatcher, inbox: Path) -> None:
     calls = Calls()
     start_watcher({"acme": inbox}, calls)
     (inbox / "roster.csv").write_text(ROSTER)
@@ -148,9 +146,7 @@ def test_closed_file_is_reported_once_within_two_seconds(
     assert calls.calls == [("acme", "roster.csv")]
 
 
-def test_file_still_open_for_writing_waits_for_its_close(
-    start_watcher: StartWatcher, inbox: Path
-) -> None:
+def test_file_still_open_for_writing_waits_for_its_close(start_watcher: StartWatcher, inbox: Path) -> None:
     calls = Calls()
     start_watcher({"acme": inbox}, calls)
     with (inbox / "slow.csv").open("w") as fh:
@@ -262,9 +258,7 @@ def test_enqueue_error_is_logged_and_the_next_file_still_reported(
     ]
 
 
-def test_events_for_a_path_already_queued_are_coalesced(
-    start_watcher: StartWatcher, inbox: Path
-) -> None:
+def test_events_for_a_path_already_queued_are_coalesced(start_watcher: StartWatcher, inbox: Path) -> None:
     gate = threading.Event()
     calls = Calls(gate=gate)
     watcher = start_watcher({"acme": inbox}, calls)
@@ -330,9 +324,7 @@ def test_inbox_missing_at_start_is_watched_once_it_exists(
     assert probe_until_reported(inbox, calls)
 
 
-def test_inbox_deleted_and_created_again_is_watched_again(
-    start_watcher: StartWatcher, inbox: Path
-) -> None:
+def test_inbox_deleted_and_created_again_is_watched_again(start_watcher: StartWatcher, inbox: Path) -> None:
     calls = Calls()
     start_watcher({"acme": inbox}, calls, interval_s=0.2)
     inbox.rmdir()
@@ -359,6 +351,4 @@ def test_without_inotify_only_rescans_run(
     with capture_logs() as logs:
         start_watcher({"acme": inbox}, Calls(), rescan, interval_s=0.2)
         assert rescan.wait_for(2)
-    assert [e["event"] for e in logs if e["event"].startswith("inbox_")] == [
-        "inbox_events_unavailable"
-    ]
+    assert [e["event"] for e in logs if e["event"].startswith("inbox_")] == ["inbox_events_unavailable"]

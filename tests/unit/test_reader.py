@@ -81,9 +81,7 @@ def test_no_trailing_newline(tmp_path: Path, newline: bytes) -> None:
 
 
 @pytest.mark.parametrize("newline", NEWLINES.values(), ids=NEWLINES.keys())
-def test_blank_lines_are_skipped_and_line_numbers_stay_physical(
-    tmp_path: Path, newline: bytes
-) -> None:
+def test_blank_lines_are_skipped_and_line_numbers_stay_physical(tmp_path: Path, newline: bytes) -> None:
     # line 1 header, 2 blank, 3 john, 4 blank (spaces), 5 blank, 6 jane, 7 trailing empty line
     data = newline.join([HEADER, b"", ROWS[0], b"   ", b"", ROWS[1], b""]) + newline
     got = records(tmp_path, data)
@@ -103,9 +101,7 @@ def test_quoted_commas_and_doubled_quotes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("newline", NEWLINES.values(), ids=NEWLINES.keys())
-def test_embedded_newlines_report_the_line_where_the_record_starts(
-    tmp_path: Path, newline: bytes
-) -> None:
+def test_embedded_newlines_report_the_line_where_the_record_starts(tmp_path: Path, newline: bytes) -> None:
     nl = newline
     data = (
         b"a,b,c"

@@ -293,9 +293,7 @@ def test_next_fire_times(make_scheduler: MakeScheduler, started: bool) -> None:
 def test_reschedule_replaces_triggers_and_grace(make_scheduler: MakeScheduler) -> None:
     scheduler = make_scheduler()
     scheduler.start()
-    scheduler.reschedule(
-        settings(timezone="Asia/Tokyo", hourly_cron="15 * * * *", misfire_grace_s=60)
-    )
+    scheduler.reschedule(settings(timezone="Asia/Tokyo", hourly_cron="15 * * * *", misfire_grace_s=60))
     jobs = {job.id: job for job in scheduler._scheduler.get_jobs()}
     assert set(jobs) == {HOURLY, DAILY}
     assert fields(jobs[HOURLY]) == ("15", "*", "*", "*", "*")

@@ -96,9 +96,7 @@ def test_abstract_namespace_socket(abstract_systemd: Receive) -> None:
     assert abstract_systemd() == "WATCHDOG=1"
 
 
-def test_socket_with_no_listener_returns_false(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_socket_with_no_listener_returns_false(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
     assert sdnotify.ready() is False
 
@@ -126,9 +124,7 @@ def test_watchdog_interval_is_half_the_timeout(monkeypatch: pytest.MonkeyPatch) 
         ("soon", None),
     ],
 )
-def test_no_watchdog_interval(
-    monkeypatch: pytest.MonkeyPatch, usec: str | None, pid: str | None
-) -> None:
+def test_no_watchdog_interval(monkeypatch: pytest.MonkeyPatch, usec: str | None, pid: str | None) -> None:
     if usec is not None:
         monkeypatch.setenv("WATCHDOG_USEC", usec)
     if pid is not None:

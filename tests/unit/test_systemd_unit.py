@@ -52,9 +52,7 @@ def exec_start_binary(service: dict[str, list[str]]) -> str:
 
 @needs_systemd_analyze
 def test_systemd_analyze_verify_passes(service: dict[str, list[str]]) -> None:
-    run = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(UNIT)], capture_output=True, text=True
-    )
+    run = subprocess.run(["systemd-analyze", "verify", "--man=no", str(UNIT)], capture_output=True, text=True)
     complaints = (run.stdout + run.stderr).splitlines()
     binary = exec_start_binary(service)
     if not Path(binary).exists():
@@ -114,9 +112,7 @@ def test_system_call_filter(service: dict[str, list[str]]) -> None:
 
 
 def test_exec_start_serves_with_the_installed_config(service: dict[str, list[str]]) -> None:
-    assert service["ExecStart"] == [
-        "/opt/orgsyncd/bin/orgsyncd --config /etc/orgsyncd/orgsyncd.toml serve"
-    ]
+    assert service["ExecStart"] == ["/opt/orgsyncd/bin/orgsyncd --config /etc/orgsyncd/orgsyncd.toml serve"]
 
 
 def test_exec_start_is_where_install_sh_puts_the_venv(service: dict[str, list[str]]) -> None:

@@ -1,0 +1,446 @@
+"""orgsyncd.core.rows: one record -> one staged tuple, with the row codes of the contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orgsyncd.core.header import HeaderRules, analyse_header
+from orgsyncd.core.rows import (
+    MAX_EMAIL,
+    MAX_VALUE,
+    STAGE_FIXED,
+    RowRules,
+    RowValidator,
+    clean,
+)
+
+LIC = "lic_a"
+OTHER = "lic_b"
+HEADER = [
+    "unique_user_id",
+    "primary_email_address",
+    "preferred_first_name",
+    "preferred_last_name",
+    "work_title",
+    f"{LIC}_status",
+    f"{OTHER}_status",
+    "group/HR",
+    "group/Engineering",
+]
+NO_UID = HEADER[1:]
+ACTIVE_HEADER = ["primary_email", "active", f"{OTHER}_status"]
+
+
+def validator(header: list[str] = HEADER, blank: str = "unchanged") -> RowValidator:
+    layout = analyse_header(header, HeaderRules([LIC, OTHER], LIC))
+    return RowValidator(layout, RowRules(blank_means=blank, default_license=LIC))
+
+
+def staged(
+    fields: list[str], header: list[str] = HEADER, blank: str = "unchanged", line: int = 7
+) -> dict[str, Any]:
+    """The staged tuple as a dict; group flags under 'groups'."""
+    row = validator(header, blank).validate(line, fields)
+    n = len(STAGE_FIXED)
+    out = dict(zip(STAGE_FIXED, row[:n], strict=True))
+    out["groups"] = list(row[n:])
+    return out
+
+
+def row(**values: str) -> list[str]:
+    """A record for HEADER; unnamed columns are empty."""
+    names = {
+        "uid": 0,
+        "email": 1,
+        "first": 2,
+        "last": 3,
+        "title": 4,
+        "lic_a": 5,
+        "lic_b": 6,
+        "hr": 7,
+        "eng": 8,
+    }
+    fields = [""] * len(HEADER)
+    for key, value in values.items():
+        fields[names[key]] = value
+    return fields
+
+
+# -- a valid row -----------------------------------------------------------------------------
+
+
+def test_valid_row_is_staged_in_stage_fixed_order() -> None:
+    fields = ["U-1", "John.Doe@Example.COM", "John", "Doe", "Engineer", "active", "inactive"]
+    got = validator().validate(12, [*fields, "1", "0"])
+    assert got == (
+        12,
+        None,
+        None,
+        "u:U-1",
+        "U-1",
+        "john.doe@example.com",
+        "John",
+        "Doe",
+        "Engineer",
+        LIC,
+        f"|{OTHER}|",
+        1,
+        0,
+    )
+    assert len(got) == len(STAGE_FIXED) + 2
+
+
+def test_values_are_trimmed() -> None:
+    got = staged(
+        row(
+            uid="  U-1 ",
+            email="  a@example.com ",
+            first=" John ",
+            title="\tEngineer  ",
+            lic_a=" active ",
+            hr=" 1 ",
+        )
+    )
+    assert got["ukey"] == "u:U-1"
+    assert got["uid"] == "U-1"
+    assert got["email"] == "a@example.com"
+    assert got["first"] == "John"
+    assert got["title"] == "Engineer"
+    assert got["lic_on"] == LIC
+    assert got["groups"] == [1, None]
+    assert got["err"] is None
+
+
+def test_email_is_lower_cased() -> None:
+    got = staged(row(email="Jane.SMITH@Example.Com"), header=HEADER)
+    assert got["email"] == "jane.smith@example.com"
+    assert got["ukey"] == "e:jane.smith@example.com"
+
+
+def test_key_is_uid_when_present_else_email() -> None:
+    assert staged(row(uid="HR-42", email="A@x.com"))["ukey"] == "u:HR-42"
+    no_uid = staged(row(email="A@x.com"))
+    assert no_uid["ukey"] == "e:a@x.com"
+    assert no_uid["uid"] is None
+    fields = ["a@x.com", "", "", "", "", "", "", ""]
+    assert staged(fields, header=NO_UID)["ukey"] == "e:a@x.com"
+
+
+def test_uid_keeps_its_case() -> None:
+    assert staged(row(uid="Ab-C", email="a@x.com"))["ukey"] == "u:Ab-C"
+
+
+# -- clean() and formula unescaping ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("'=1+1", "=1+1"),
+        ("'+1", "+1"),
+        ("'-5", "-5"),
+        ("'@sum", "@sum"),
+        ("'\tx", "\tx"),
+        ("'\rx", "\rx"),
+        ("  '=1+1  ", "=1+1"),
+        ("'abc", "'abc"),
+        ("'", "'"),
+        ("''=1", "''=1"),
+        ("O'Brien", "O'Brien"),
+        ("=1+1", "=1+1"),
+        ("  plain  ", "plain"),
+        ("", ""),
+    ],
+)
+def test_clean(raw: str, expected: str) -> None:
+    assert clean(raw) == expected
+
+
+def test_formula_unescape_in_a_row() -> None:
+    got = staged(row(email="a@x.com", first="'=1+1", last="'abc", title="'-Lead"))
+    assert (got["first"], got["last"], got["title"]) == ("=1+1", "'abc", "-Lead")
+
+
+# -- field_count -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("count", "word"), [(1, "field"), (8, "fields"), (10, "fields")])
+def test_field_count(count: int, word: str) -> None:
+    got = staged(["a@x.com"] + ["x"] * (count - 1))
+    assert got["err"] == "field_count"
+    assert got["msg"] == f"the row has {count} {word}, the header has 9"
+    assert got["line"] == 7
+
+
+def test_failed_row_carries_no_values() -> None:
+    got = staged(row(uid="U1", email="a@x.com", first="John", lic_a="maybe", hr="1"))
+    assert got["err"] == "invalid_value"
+    assert (got["first"], got["last"], got["title"], got["lic_on"], got["lic_off"]) == (None,) * 5
+    assert got["groups"] == [None, None]
+
+
+# -- email -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blank", ["unchanged", "clear", "error"])
+def test_missing_email_whatever_blank_means(blank: str) -> None:
+    got = staged(row(uid="U1", email="   ", first="x"), blank=blank)
+    assert got["err"] == "missing_email"
+    assert got["msg"] == "primary_email_address is empty"
+
+
+def test_missing_email_message_uses_the_alias_as_given() -> None:
+    got = staged(["", "TRUE", ""], header=ACTIVE_HEADER)
+    assert got["err"] == "missing_email"
+    assert "primary_email" in got["msg"]
+
+
+@pytest.mark.parametrize("email", ["not-an-email", "a@localhost", "a..b@x.com", "a@x@y.com"])
+def test_invalid_email(email: str) -> None:
+    got = staged(row(email=email))
+    assert got["err"] == "invalid_email"
+    assert got["msg"] == f"primary_email_address {email!r} is not a valid email address"
+
+
+def test_email_too_long_is_value_too_long() -> None:
+    email = "a" * 64 + "@" + "b" * (MAX_EMAIL - 64) + ".com"
+    got = staged(row(email=email))
+    assert got["err"] == "value_too_long"
+    assert got["msg"] == f"primary_email_address is {len(email)} characters long; the limit is 320"
+
+
+# -- value_too_long --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["first", "last", "title", "uid"])
+def test_value_too_long(column: str) -> None:
+    name = {"first": 2, "last": 3, "title": 4, "uid": 0}[column]
+    got = staged(row(email="a@x.com", **{column: "x" * (MAX_VALUE + 1)}))
+    assert got["err"] == "value_too_long"
+    assert got["msg"] == f"{HEADER[name]} is 256 characters long; the limit is 255"
+
+
+def test_value_at_the_limit_is_fine() -> None:
+    got = staged(row(email="a@x.com", title="x" * MAX_VALUE))
+    assert got["err"] is None
+    assert got["title"] == "x" * MAX_VALUE
+
+
+def test_length_is_measured_after_trimming() -> None:
+    got = staged(row(email="a@x.com", title="  " + "x" * MAX_VALUE + "  "))
+    assert got["err"] is None
+
+
+# -- statuses, active, groups ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "on", "off"),
+    [
+        ("active", "", LIC, None),
+        ("ACTIVE", "inactive", LIC, f"|{OTHER}|"),
+        ("Inactive", "Active", OTHER, f"|{LIC}|"),
+        ("inactive", "INACTIVE", None, f"|{LIC}|{OTHER}|"),
+        ("", "", None, None),
+    ],
+)
+def test_status_columns(a: str, b: str, on: str | None, off: str | None) -> None:
+    got = staged(row(email="a@x.com", lic_a=a, lic_b=b))
+    assert got["err"] is None
+    assert (got["lic_on"], got["lic_off"]) == (on, off)
+
+
+@pytest.mark.parametrize("value", ["yes", "enabled", "1", "activ"])
+def test_invalid_status_value(value: str) -> None:
+    got = staged(row(email="a@x.com", lic_b=value))
+    assert got["err"] == "invalid_value"
+    assert got["msg"] == f"{OTHER}_status is {value!r}; use active or inactive"
+
+
+def test_multiple_active_licenses() -> None:
+    got = staged(row(email="a@x.com", lic_a="active", lic_b="active"))
+    assert got["err"] == "multiple_active_licenses"
+    assert got["msg"].startswith("2 licenses are active in this row")
+    assert LIC in got["msg"]
+    assert OTHER in got["msg"]
+
+
+def test_active_column_and_another_active_status_are_multiple_active_licenses() -> None:
+    got = staged(["a@x.com", "TRUE", "active"], header=ACTIVE_HEADER)
+    assert got["err"] == "multiple_active_licenses"
+
+
+@pytest.mark.parametrize(
+    ("value", "on", "off"),
+    [
+        ("TRUE", LIC, None),
+        ("true", LIC, None),
+        ("Yes", LIC, None),
+        ("YES", LIC, None),
+        ("1", LIC, None),
+        ("FALSE", None, f"|{LIC}|"),
+        ("false", None, f"|{LIC}|"),
+        ("no", None, f"|{LIC}|"),
+        ("No", None, f"|{LIC}|"),
+        ("0", None, f"|{LIC}|"),
+        ("", None, None),
+    ],
+)
+def test_active_column(value: str, on: str | None, off: str | None) -> None:
+    got = staged(["a@x.com", value, ""], header=ACTIVE_HEADER)
+    assert got["err"] is None
+    assert (got["lic_on"], got["lic_off"]) == (on, off)
+
+
+@pytest.mark.parametrize("value", ["maybe", "Y", "active", "2"])
+def test_invalid_active_value(value: str) -> None:
+    got = staged(["a@x.com", value, ""], header=ACTIVE_HEADER)
+    assert got["err"] == "invalid_value"
+    assert f"active is {value!r}" in got["msg"]
+    assert "TRUE or FALSE" in got["msg"]
+
+
+def test_active_false_with_another_license_active_is_a_reassignment() -> None:
+    got = staged(["a@x.com", "FALSE", "active"], header=ACTIVE_HEADER)
+    assert got["err"] is None
+    assert (got["lic_on"], got["lic_off"]) == (OTHER, f"|{LIC}|")
+
+
+@pytest.mark.parametrize(("hr", "eng", "flags"), [("1", "0", [1, 0]), ("0", "1", [0, 1])])
+def test_group_flags(hr: str, eng: str, flags: list[int]) -> None:
+    assert staged(row(email="a@x.com", hr=hr, eng=eng))["groups"] == flags
+
+
+@pytest.mark.parametrize("value", ["2", "yes", "TRUE", "-1", "01"])
+def test_invalid_group_flag(value: str) -> None:
+    got = staged(row(email="a@x.com", eng=value))
+    assert got["err"] == "invalid_value"
+    assert got["msg"] == f"group/Engineering is {value!r}; use 1 (member) or 0 (not a member)"
+
+
+# -- blank_means ------------------------------------------------------------------------------
+
+
+def test_blank_unchanged_leaves_everything_as_is() -> None:
+    got = staged(row(uid="U1", email="a@x.com"), blank="unchanged")
+    assert got["err"] is None
+    assert (got["first"], got["last"], got["title"]) == (None, None, None)
+    assert (got["lic_on"], got["lic_off"]) == (None, None)
+    assert got["groups"] == [None, None]
+
+
+def test_blank_clear_erases_text_and_group_membership() -> None:
+    got = staged(row(uid="U1", email="a@x.com"), blank="clear")
+    assert got["err"] is None
+    assert (got["first"], got["last"], got["title"]) == ("", "", "")
+    assert got["groups"] == [0, 0]  # empty group cell under "clear" = not a member
+
+
+def test_blank_clear_does_not_touch_licenses() -> None:
+    # An empty status cell never revokes: revoking takes an explicit "inactive" / FALSE.
+    got = staged(row(uid="U1", email="a@x.com"), blank="clear")
+    assert (got["lic_on"], got["lic_off"]) == (None, None)
+    got = staged(["a@x.com", "", ""], header=ACTIVE_HEADER, blank="clear")
+    assert (got["err"], got["lic_on"], got["lic_off"]) == (None, None, None)
+
+
+def test_blank_clear_never_clears_the_identity() -> None:
+    got = staged(row(uid="", email="a@x.com"), blank="clear")
+    assert got["uid"] is None
+    assert got["ukey"] == "e:a@x.com"
+
+
+FULL = ["U1", "a@x.com", "F", "L", "T", "active", "inactive", "1", "0"]
+
+
+@pytest.mark.parametrize("index", [0, 2, 3, 4, 5, 6, 7, 8], ids=lambda i: HEADER[i])
+def test_blank_error_reports_blank_value_naming_the_column(index: int) -> None:
+    fields = [*FULL]
+    fields[index] = "  "
+    got = staged(fields, blank="error")
+    assert got["err"] == "blank_value"
+    assert got["msg"] == f"{HEADER[index]} is empty and this tenant requires a value"
+
+
+@pytest.mark.parametrize("index", [0, 2, 3, 4, 5, 6, 7, 8], ids=lambda i: HEADER[i])
+def test_blank_unchanged_and_clear_accept_any_single_blank(index: int) -> None:
+    fields = [*FULL]
+    fields[index] = ""
+    assert staged(fields, blank="unchanged")["err"] is None
+    assert staged(fields, blank="clear")["err"] is None
+
+
+def test_blank_error_on_active_column() -> None:
+    got = staged(["a@x.com", "", "active"], header=ACTIVE_HEADER, blank="error")
+    assert got["err"] == "blank_value"
+    assert got["msg"].startswith("active is empty")
+
+
+def test_blank_error_with_every_cell_filled_is_fine() -> None:
+    assert staged(FULL, blank="error")["err"] is None
+
+
+def test_blank_error_only_concerns_provided_columns() -> None:
+    # work_title etc. are not in this header, so they cannot be blank
+    got = staged(["a@x.com", "TRUE", "inactive"], header=ACTIVE_HEADER, blank="error")
+    assert got["err"] is None
+
+
+# -- identity of an invalid row --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "key", "uid", "email"),
+    [
+        (row(uid="U1", email="not-an-email"), "u:U1", "U1", None),
+        (row(uid="U1", email=""), "u:U1", "U1", None),
+        (row(uid="U1", email="A@x.com", lic_a="bogus"), "u:U1", "U1", None),
+        (row(uid="U1", email="a@x.com", hr="7"), "u:U1", "U1", None),
+        (row(email="A@X.com", lic_a="bogus"), "e:a@x.com", None, "a@x.com"),
+        (row(email="a@x.com", lic_a="active", lic_b="active"), "e:a@x.com", None, "a@x.com"),
+        (row(email="a@x.com", title="x" * 300), "e:a@x.com", None, "a@x.com"),
+        (row(email="not-an-email", lic_a="bogus"), None, None, None),
+        (row(email=""), None, None, None),
+    ],
+    ids=[
+        "uid+bad-email",
+        "uid+no-email",
+        "uid+bad-status",
+        "uid+bad-group",
+        "email+bad-status",
+        "email+two-licenses",
+        "email+long-title",
+        "nothing-derivable",
+        "nothing-at-all",
+    ],
+)
+def test_invalid_row_keeps_its_identity(
+    fields: list[str], key: str | None, uid: str | None, email: str | None
+) -> None:
+    got = staged(fields)
+    assert got["err"] is not None
+    assert (got["ukey"], got["uid"], got["email"]) == (key, uid, email)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: validate() sets key = 'e:<email>' before reading the text columns; when a text "
+    "column (name/title/uid length, blank_value) fails, the row keeps the email key although "
+    "it has a uid",
+)
+@pytest.mark.parametrize(
+    ("fields", "blank"),
+    [
+        (row(uid="U1", email="a@x.com", title="x" * 300), "unchanged"),
+        (row(uid="U1", email="a@x.com", last="L", title="T", lic_a="active"), "error"),
+    ],
+    ids=["long-title", "blank-first-name"],
+)
+def test_invalid_row_with_uid_is_keyed_by_uid_even_when_a_text_column_fails(
+    fields: list[str], blank: str
+) -> None:
+    got = staged(fields, blank=blank)
+    assert got["err"] in {"value_too_long", "blank_value"}
+    assert (got["ukey"], got["uid"]) == ("u:U1", "U1")
