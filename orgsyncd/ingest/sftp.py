@@ -483,9 +483,7 @@ class _Login(asyncssh.SSHServer):
 
     # -- everything but SFTP is refused ----------------------------------------------------------
 
-    def connection_requested(
-        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
         return False
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
@@ -501,9 +499,7 @@ class _Login(asyncssh.SSHServer):
 class _TenantSftp(asyncssh.SFTPServer):
     """One SFTP session. Paths are mapped by TenantFS, never by asyncssh's chroot (text only)."""
 
-    def __init__(
-        self, chan: asyncssh.SSHServerChannel[bytes], hub: _Hub, login: _Login | None
-    ) -> None:
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], hub: _Hub, login: _Login | None) -> None:
         super().__init__(chan)
         self._hub = hub
         self._login = login
@@ -568,9 +564,7 @@ class _TenantSftp(asyncssh.SFTPServer):
     async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
         return await self._io(self._fs.open, path, _open_mode(pflags))
 
-    def open56(
-        self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs
-    ) -> object:
+    def open56(self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs) -> object:
         raise asyncssh.SFTPOpUnsupported("only SFTP version 3 is offered")
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:

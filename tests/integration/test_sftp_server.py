@@ -651,9 +651,11 @@ def test_peer_is_banned_after_repeated_failures(env: Env) -> None:
         with pytest.raises(paramiko.SSHException), connect(env, key="stranger"):
             pass
     assert env.metrics.counts["banned"] == 1
-    with socket.create_connection(("127.0.0.1", env.port), timeout=WAIT_S) as sock:
-        with contextlib.suppress(ConnectionResetError):
-            assert sock.recv(64) == b""  # closed before the SSH banner: nothing to talk to
+    with (
+        socket.create_connection(("127.0.0.1", env.port), timeout=WAIT_S) as sock,
+        contextlib.suppress(ConnectionResetError),
+    ):
+        assert sock.recv(64) == b""  # closed before the SSH banner: nothing to talk to
     with pytest.raises((paramiko.SSHException, EOFError, OSError)), connect(env):
         pass  # the right key, but the address is banned: refused before the SSH banner
     assert openssh(env, ["ls"]).returncode != 0
