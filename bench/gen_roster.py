@@ -253,9 +253,7 @@ def write_variant(
             if rows is None:
                 raise ValueError("give rows or a base file")
             header, source = list(HEADER), generate_rows(rows, seed)
-            varied = transform(
-                header, source, stats, seed=seed, change_pct=change_pct, drop_pct=drop_pct
-            )
+            varied = transform(header, source, stats, seed=seed, change_pct=change_pct, drop_pct=drop_pct)
             _write(out, header, varied, stats)
         else:
             with base.open(encoding="utf-8-sig", newline="") as src:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import platform
@@ -229,21 +230,16 @@ def generate_rosters(workdir: Path, rows: int, seed: int, small: bool) -> Roster
     if small:
         rosters.small_rows = max(1, rows // 10)
         rosters.small = workdir / f"roster_{rosters.small_rows}.csv"
-        _announce_gen(
-            rosters.small, gen_roster.write_roster(rosters.small, rosters.small_rows, seed)
-        )
+        _announce_gen(rosters.small, gen_roster.write_roster(rosters.small, rosters.small_rows, seed))
     return rosters
 
 
 def _announce_gen(path: Path, stats: gen_roster.GenStats) -> None:
     size_mb = path.stat().st_size / 1e6
     extra = f", {stats.changed:,} changed" if stats.changed else ""
-    extra += (
-        f", {stats.dropped:,} dropped ({stats.dropped_active:,} active)" if stats.dropped else ""
-    )
+    extra += f", {stats.dropped:,} dropped ({stats.dropped_active:,} active)" if stats.dropped else ""
     print(
-        f"generated {path.name}: {stats.rows_out:,} rows{extra}, {size_mb:.1f} MB "
-        f"in {stats.seconds:.1f} s",
+        f"generated {path.name}: {stats.rows_out:,} rows{extra}, {size_mb:.1f} MB in {stats.seconds:.1f} s",
         flush=True,
     )
 
@@ -355,9 +351,7 @@ class Backend:
         return [self.python, "-m", "orgsyncd", "--config", str(self.config), *args]
 
 
-def import_step(
-    b: Backend, step: str, roster: Path, rows: int, mode: str, r: Rosters
-) -> StepResult:
+def import_step(b: Backend, step: str, roster: Path, rows: int, mode: str, r: Rosters) -> StepResult:
     argv = b.cli("import", str(roster), "--tenant", TENANT, "--mode", mode)
     child = run_child(argv, b.logs / f"{b.name}-{step}", b.timeout)
     result = StepResult(b.name, step, rows, child, r.small_rows if step == "s" else r.rows)
@@ -369,9 +363,7 @@ def import_step(
 
 def export_step(b: Backend, r: Rosters) -> StepResult:
     out = b.logs.parent / f"export-{b.name}.csv"
-    child = run_child(
-        b.cli("export", "--tenant", TENANT, "-o", str(out)), b.logs / f"{b.name}-d", b.timeout
-    )
+    child = run_child(b.cli("export", "--tenant", TENANT, "-o", str(out)), b.logs / f"{b.name}-d", b.timeout)
     result = StepResult(b.name, "d", r.rows, child, r.rows)
     if result.ok:
         exported = count_csv_rows(out) if out.exists() else -1
@@ -467,9 +459,7 @@ def pg_database(server_url: str, keep: bool) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     print(f"[postgresql] created database {name}", flush=True)
     try:
-        yield url.set(drivername="postgresql+psycopg", database=name).render_as_string(
-            hide_password=False
-        )
+        yield url.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
     finally:
         if keep:
             print(f"[postgresql] kept database {name}", flush=True)
@@ -559,6 +549,15 @@ def describe_code() -> str:
     return head + (" + uncommitted changes in orgsyncd/" if dirty else "")
 
 
+def code_fingerprint() -> str:
+    """Changes when any file under orgsyncd/ changes (others edit it while a long run goes on)."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for path in sorted((REPO / "orgsyncd").rglob("*.py")):
+        stat = path.stat()
+        digest.update(f"{path}:{stat.st_mtime_ns}:{stat.st_size}\n".encode())
+    return digest.hexdigest()
+
+
 def make_workdir(args: argparse.Namespace) -> Path:
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -584,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = make_workdir(args)
     print(f"orgsyncd: {describe_code()}; python {platform.python_version()}; {platform.platform()}")
     print(f"work dir: {workdir}", flush=True)
+    fingerprint = code_fingerprint()
     try:
         results = run_all(args, workdir)
     finally:
@@ -595,6 +595,11 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(results))
     for line in rss_ratio_lines(results):
         print(line)
+    if code_fingerprint() != fingerprint:
+        print(
+            "\nWARNING: files under orgsyncd/ changed during the run: the steps may have measured "
+            "different code; run again on a quiet tree"
+        )
     warned = sum(bool(r.warnings) for r in results)
     if warned:
         print(f"\n{warned} step(s) had warnings (⚠): see the WARNING lines above")
