@@ -178,8 +178,8 @@ class Planner:
         live = f"({ok} AND m.same = 0)"
         values = ", ".join(f"{_new_value(col, db_col)} AS n_{col}" for col, db_col in _TEXT_FIELDS)
         return f"""
-WITH m AS MATERIALIZED ({self._match_sql()}),
-x AS MATERIALIZED (
+WITH m AS ({self._match_sql()}),
+x AS (
   SELECT m.line, m.ukey, m.uid, m.email, m.lic_on, m.fp, m.same,
     CASE WHEN m.err IS NOT NULL THEN m.err WHEN m.taken = 1 THEN 'email_taken' END AS err,
     CASE WHEN m.err IS NOT NULL THEN m.msg WHEN m.taken = 1
@@ -215,7 +215,7 @@ SELECT x.line, x.err, x.msg, x.ukey, x.uid, x.email, x.lic_on, x.fp
   CASE WHEN x.err IS NULL AND x.adopt = 1 THEN 'uid_adopted' END,
   CASE WHEN x.err IS NULL AND x.adopt = 1
     THEN 'the learner with this email had no unique_user_id and now has this one' END
-FROM x ORDER BY x.line"""
+FROM x"""
 
     def _match_sql(self) -> str:
         """Which learner each row means. With a uid: that uid's learner; else the email's learner
