@@ -74,22 +74,23 @@ def row(**values: str) -> list[str]:
 def test_valid_row_is_staged_in_stage_fixed_order() -> None:
     fields = ["U-1", "John.Doe@Example.COM", "John", "Doe", "Engineer", "active", "inactive"]
     got = validator().validate(12, [*fields, "1", "0"])
-    assert got == (
-        12,
-        None,
-        None,
-        "u:U-1",
-        "U-1",
-        "john.doe@example.com",
-        "John",
-        "Doe",
-        "Engineer",
-        LIC,
-        f"|{OTHER}|",
-        1,
-        0,
-    )
     assert len(got) == len(STAGE_FIXED) + 2
+    named = dict(zip(STAGE_FIXED, got, strict=False))
+    assert isinstance(named.pop("fp"), int)
+    assert named == {
+        "line": 12,
+        "err": None,
+        "msg": None,
+        "ukey": "u:U-1",
+        "uid": "U-1",
+        "email": "john.doe@example.com",
+        "first": "John",
+        "last": "Doe",
+        "title": "Engineer",
+        "lic_on": LIC,
+        "lic_off": f"|{OTHER}|",
+    }
+    assert got[len(STAGE_FIXED) :] == (1, 0)
 
 
 def test_values_are_trimmed() -> None:
@@ -233,6 +234,20 @@ def test_length_is_measured_after_trimming() -> None:
     assert got["err"] is None
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: RowValidator._text checks the length before removing the formula-escaping quote, "
+    "so an exported 255-character value starting with '=' (written as 256 characters) is "
+    "value_too_long on re-import",
+)
+@pytest.mark.parametrize("column", ["first", "title", "uid"])
+def test_length_is_measured_after_formula_unescaping(column: str) -> None:
+    value = "=" + "x" * (MAX_VALUE - 1)
+    got = staged(row(email="a@x.com", **{column: "'" + value}))
+    assert got["err"] is None
+    assert got[column] == value
+
+
 # -- statuses, active, groups ----------------------------------------------------------------
 
 
@@ -318,6 +333,32 @@ def test_invalid_group_flag(value: str) -> None:
     got = staged(row(email="a@x.com", eng=value))
     assert got["err"] == "invalid_value"
     assert got["msg"] == f"group/Engineering is {value!r}; use 1 (member) or 0 (not a member)"
+
+
+# -- fingerprint -----------------------------------------------------------------------------
+
+
+def test_fingerprint_is_stable_and_depends_on_every_field_and_the_seed() -> None:
+    layout = analyse_header(HEADER, HeaderRules([LIC, OTHER], LIC))
+    rules = RowRules(blank_means="unchanged", default_license=LIC)
+    fields = row(uid="U1", email="a@x.com", first="F", lic_a="active")
+    one, again = RowValidator(layout, rules, seed=1), RowValidator(layout, rules, seed=1)
+    fp = one.fingerprint(fields)
+    assert fp == again.fingerprint(list(fields))
+    assert -(1 << 63) <= fp < (1 << 63)  # fits a signed BIGINT column
+    assert one.validate(2, fields)[STAGE_FIXED.index("fp")] == fp
+    assert RowValidator(layout, rules, seed=2).fingerprint(fields) != fp
+    for i in range(len(fields)):
+        changed = [*fields]
+        changed[i] += "z"
+        assert one.fingerprint(changed) != fp, HEADER[i]
+    # field boundaries matter: ("ab", "") and ("a", "b") differ
+    assert one.fingerprint(["ab", ""]) != one.fingerprint(["a", "b"])
+
+
+def test_failed_row_has_no_fingerprint() -> None:
+    got = staged(row(email="not-an-email"))
+    assert got["fp"] is None
 
 
 # -- blank_means ------------------------------------------------------------------------------
@@ -424,12 +465,6 @@ def test_invalid_row_keeps_its_identity(
     assert (got["ukey"], got["uid"], got["email"]) == (key, uid, email)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: validate() sets key = 'e:<email>' before reading the text columns; when a text "
-    "column (name/title/uid length, blank_value) fails, the row keeps the email key although "
-    "it has a uid",
-)
 @pytest.mark.parametrize(
     ("fields", "blank"),
     [
