@@ -23,7 +23,8 @@ DEMO_LICENSE = "default_license_learning_proalllanguages"
 
 _TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _LICENSE_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,120}$")
-_CRON_FIELDS = 5
+_SECTIONS = ("daemon", "sftp", "metrics", "tenants")
+_ENV_PREFIX = "ORGSYNCD_"
 
 
 class _Section(BaseModel):
@@ -53,9 +54,11 @@ class DaemonConfig(_Section):
 
     @field_validator("hourly_cron", "daily_cron")
     @classmethod
-    def _five_fields(cls, value: str) -> str:
-        if len(value.split()) != _CRON_FIELDS:
-            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour dom mon dow)")
+    def _valid_cron(cls, value: str) -> str:
+        # The scheduler's own parser, so whatever loads here also schedules (lazy: it imports us).
+        from orgsyncd.scheduler import crontab_trigger
+
+        crontab_trigger(value, "UTC")
         return value
 
     @property
@@ -209,6 +212,7 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
 
 def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
     """Read, merge and validate the configuration once; raise ConfigError with the bad key named."""
+    _check_environment()
     path = resolve_config_path(explicit)
     if path is None:
         data, source = demo_defaults(), "built-in defaults"
@@ -218,6 +222,19 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
         return Settings(**data, source=source)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc)}") from None
+
+
+def _check_environment() -> None:
+    """pydantic-settings ignores ORGSYNCD_X__Y when X is no section; a typo must not pass silently."""
+    for name in os.environ:
+        upper = name.upper()
+        if not upper.startswith(_ENV_PREFIX) or "__" not in upper:
+            continue
+        section = upper[len(_ENV_PREFIX) :].split("__", 1)[0].lower()
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"environment variable {name}: unknown section {section!r} (sections: {', '.join(_SECTIONS)})"
+            )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from orgsyncd.config import Settings, TenantConfig
 from orgsyncd.core.header import HeaderRules, Issue, Layout, analyse_header
 from orgsyncd.core.reader import Record, read_records
 from orgsyncd.core.results import ResultsWriter, Summary, empty_counts, summary_status, write_json
-from orgsyncd.core.rows import RowRules, RowValidator, StagedRow
+from orgsyncd.core.rows import RowRules, RowValidator, StagedRow, roster_rows
 from orgsyncd.errors import FileRejected
 from orgsyncd.paths import (
     TenantDirs,
@@ -236,7 +236,7 @@ class JobRunner:
         rules = RowRules(tenant.blank_means, tenant.default_license)
         validator = RowValidator(layout, rules, seed=_fingerprint_seed(layout, tenant))
         create_staging(conn, len(layout.groups))
-        rows = load_staging(conn, _validated(records, validator), len(layout.groups))
+        rows = load_staging(conn, _validated(roster_rows(records, layout), validator), len(layout.groups))
         return Staged(layout=layout, rows=rows)
 
     def _header(self, records: Iterator[Record], tenant: TenantConfig) -> Layout:
@@ -342,7 +342,7 @@ class JobRunner:
             writer.issues(issues)
             records = read_records(source)
             next(records)  # the header
-            writer.rows(result_lines(conn), records)
+            writer.rows(result_lines(conn), roster_rows(records, layout))
         write_json(json_tmp, summary.as_dict())
 
     def _file_failed(

@@ -18,9 +18,11 @@ LIC = "default_license_learning_proalllanguages"
 PRO = "pro_license"
 
 
-def roster(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def roster(header: Sequence[str], rows: Iterable[Sequence[Any]], newline: str = "\n") -> str:
+    """A valid CSV: with LF line ends every field is quoted, so a bare CR in a value stays a value."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    quoting = csv.QUOTE_MINIMAL if newline == "\r\n" else csv.QUOTE_ALL
+    writer = csv.writer(out, lineterminator=newline, quoting=quoting)
     writer.writerow(header)
     for row in rows:
         writer.writerow(["" if v is None else v for v in row])

@@ -33,7 +33,8 @@ def _fast_ok(lowered: str) -> bool:
     if len(lowered) > _MAX_TOTAL or not _FAST.fullmatch(lowered):
         return False
     local, _, domain = lowered.rpartition("@")
-    return len(local) <= _MAX_LOCAL and not ("." + domain).endswith(_SPECIAL_SUFFIXES)
+    # "--" can mean punycode or a reserved IDNA label: leave those to email_validator.
+    return len(local) <= _MAX_LOCAL and "--" not in domain and not ("." + domain).endswith(_SPECIAL_SUFFIXES)
 
 
 @lru_cache(maxsize=1024)

@@ -35,6 +35,7 @@ class Layout:
 
     width: int
     email: int = -1
+    row: int = -1  # a results file uploaded again: its `row` column marks our own row-0 lines
     text: dict[str, int] = field(default_factory=dict)  # uid/first/last/title -> index
     statuses: list[tuple[int, str]] = field(default_factory=list)  # (index, license type)
     active: int = -1
@@ -71,6 +72,8 @@ def analyse_header(cells: Sequence[str], rules: HeaderRules) -> Layout:
 def _place(layout: Layout, index: int, name: str, rules: HeaderRules, seen: dict[str, int]) -> None:
     lower = name.lower()
     if lower in RESULT_COLUMNS:
+        if lower == "row":
+            layout.row = index
         return  # a results file uploaded again: its bookkeeping columns are ignored
     key = _identity(lower, rules)
     if key is None:
@@ -96,7 +99,9 @@ def _identity(lower: str, rules: HeaderRules) -> str | None:
     if lower == ACTIVE:
         # `active` is the default license's status column written another way.
         return f"{rules.default_license}{STATUS_SUFFIX}" if rules.default_license else ACTIVE
-    if lower.startswith(GROUP_PREFIX) or lower.endswith(STATUS_SUFFIX):
+    if lower.startswith(GROUP_PREFIX):
+        return GROUP_PREFIX + lower[len(GROUP_PREFIX) :].strip()
+    if lower.endswith(STATUS_SUFFIX):
         return lower
     return None
 

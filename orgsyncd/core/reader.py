@@ -81,15 +81,18 @@ def _csv_message(line: int, exc: csv.Error) -> str:
 
 def locate_bad_utf8(path: Path) -> str:
     """Line and column of the first byte that is not UTF-8, for a message the sender can act on."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
     line, col, prev_cr = 1, 0, False
     with open_binary(path) as binary:
-        while chunk := binary.read(_CHUNK):
+        while True:
+            chunk = binary.read(_CHUNK)
             try:
-                text = decoder.decode(chunk)
+                text = decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as exc:
                 text = exc.object[: exc.start].decode("utf-8", errors="replace")
-                line, col, prev_cr = _advance(text.lstrip("\ufeff"), line, col, prev_cr)
+                if line == 1 and col == 0:
+                    text = text.removeprefix("\ufeff")
+                line, col, prev_cr = _advance(text, line, col, prev_cr)
                 bad = exc.object[exc.start]
                 return (
                     f"byte 0x{bad:02X} on line {line}, column {col + 1} is not valid UTF-8 "
@@ -97,6 +100,8 @@ def locate_bad_utf8(path: Path) -> str:
                     "save the file as CSV UTF-8 and upload it again"
                 )
             line, col, prev_cr = _advance(text, line, col, prev_cr)
+            if not chunk:
+                break
     return "the file is not valid UTF-8; save the file as CSV UTF-8 and upload it again"
 
 

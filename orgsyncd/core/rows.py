@@ -8,11 +8,12 @@ Hot path: a million calls per big file, so it stays flat and allocation-light.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from orgsyncd.core.emails import normalize_email
 from orgsyncd.core.header import FIRST, LAST, TITLE, UID, Layout
+from orgsyncd.core.reader import Record
 
 # line, err, msg, ukey, uid, email, first, last, title, lic_on, lic_off, fp, then one flag per group
 STAGE_FIXED = (
@@ -43,7 +44,7 @@ def clean(value: str) -> str:
     """Trim, and undo the formula-escaping quote our own exports add."""
     value = value.strip()
     if len(value) > 1 and value[0] == "'" and value[1] in _FORMULA_START:
-        return value[1:]
+        return value[1:].lstrip()
     return value
 
 
@@ -175,10 +176,10 @@ class RowValidator:
             if self.blank_text is _BAD:
                 raise self._blank_error(at)
             return self.blank_text  # type: ignore[return-value]
+        if value[0] == "'" and len(value) > 1 and value[1] in _FORMULA_START:
+            value = value[1:].lstrip()
         if len(value) > MAX_VALUE:
             raise RowError("value_too_long", self._too_long(at, len(value), MAX_VALUE))
-        if value[0] == "'" and len(value) > 1 and value[1] in _FORMULA_START:
-            return value[1:]
         return value
 
     def _blank_error(self, at: int) -> RowError:
@@ -228,3 +229,12 @@ class RowValidator:
         raw = clean(fields[self.email_at])
         email = normalize_email(raw) if raw else None
         return "e:" + email if email else None
+
+
+def roster_rows(records: Iterator[Record], layout: Layout) -> Iterator[Record]:
+    """The records that are roster rows: a results file uploaded again also carries our own
+    row-0 lines (file warnings and errors), which are not."""
+    at = layout.row
+    if at < 0:
+        return records
+    return (rec for rec in records if not (len(rec[1]) > at and rec[1][at].strip() == "0"))

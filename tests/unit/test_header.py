@@ -138,11 +138,6 @@ def test_duplicate_header_names_both_columns() -> None:
     assert "column 4 'primary_email_address' repeats column 2 'primary_email'" in error.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: group names are trimmed ('group/ HR' -> 'HR') but duplicates are keyed on the "
-    "untrimmed lower-cased cell, so two columns for the same group are accepted",
-)
 def test_group_columns_that_differ_only_by_spaces_are_duplicates() -> None:
     error = reject(["primary_email_address", "group/HR", "group/ HR"])
     assert error.code == "duplicate_header"

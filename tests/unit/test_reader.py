@@ -228,21 +228,11 @@ def test_encoding_error_after_the_first_read_chunk(tmp_path: Path) -> None:
     assert "line 658, column 6" in error.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: locate_bad_utf8 strips the BOM only from the chunk that holds the bad byte, "
-    "so past the first 64 KiB chunk of line 1 the BOM is counted as a column",
-)
 def test_encoding_error_far_along_line_one_with_bom(tmp_path: Path) -> None:
     error = rejected(tmp_path, b"\xef\xbb\xbf" + b"h" * 70000 + b"\xe9\n")
     assert "line 1, column 70001" in error.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: locate_bad_utf8 never calls decoder.decode(b'', final=True), so a multi-byte "
-    "sequence cut off at end of file gets a message without line and column",
-)
 def test_truncated_multibyte_sequence_at_end_of_file_is_located(tmp_path: Path) -> None:
     error = rejected(tmp_path, b"a,b\n1,\xc3")
     assert error.code == "encoding_error"

@@ -1,0 +1,136 @@
+"""Rules that hold for every roster: export -> import is a no-op, importing twice changes nothing
+the second time, and results always have exactly one line per input row."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import LIC, Env, roster
+
+HEADER = [
+    "unique_user_id",
+    "preferred_first_name",
+    "preferred_last_name",
+    "primary_email_address",
+    "work_title",
+    f"{LIC}_status",
+    "group/Sales",
+    "group/R&D, Berlin",
+]
+_counter = itertools.count()
+
+# Values an HRIS really sends: accents, CJK, commas, quotes, line breaks, formula-looking text.
+cell = st.text(
+    alphabet=st.sampled_from(list("abcXYZ éøßŁ山田 ,\"'=+-@\n\r")),
+    max_size=12,
+)
+row = st.tuples(
+    st.one_of(st.none(), st.integers(0, 40).map(lambda n: f"U{n}")),
+    cell,
+    cell,
+    st.integers(0, 60),
+    cell,
+    st.sampled_from(["active", "inactive", "", "ACTIVE"]),
+    st.sampled_from(["1", "0", ""]),
+    st.sampled_from(["1", "0", ""]),
+)
+rosters = st.lists(row, max_size=25)
+SETTINGS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture
+def fresh_env(tmp_path: Path, db_url: str) -> Iterator[object]:
+    """A new tenant per example on the same database (and a data directory of its own)."""
+    envs: list[Env] = []
+
+    def make() -> Env:
+        name = f"p{next(_counter)}-{uuid.uuid4().hex[:6]}"
+        env = Env(root=tmp_path / name, db_url=db_url, tenant=name)
+        envs.append(env)
+        return env
+
+    yield make
+    for env in envs:
+        env.close()
+
+
+def to_csv(rows: list[tuple[object, ...]], newline: str = "\r\n") -> str:
+    return roster(
+        HEADER,
+        [[uid, f, la, f"person{n}@example.com", t, s, g1, g2] for uid, f, la, n, t, s, g1, g2 in rows],
+        newline=newline,
+    )
+
+
+def outcomes(env: Env, summary: object) -> list[str]:
+    return [r["outcome"] for r in env.results(summary)]  # type: ignore[arg-type]
+
+
+@SETTINGS
+@given(rows=rosters)
+def test_export_then_import_is_a_no_op(fresh_env: object, rows: list[tuple[object, ...]]) -> None:
+    env = fresh_env()  # type: ignore[operator]
+    env.run(to_csv(rows))
+    exported = env.export()
+    for mode in ("delta", "full"):
+        again = env.run(exported + ("\n" if mode == "full" else ""), name=f"export-{mode}.csv", mode=mode)
+        assert set(outcomes(env, again)) <= {"unchanged"}, outcomes(env, again)
+        assert again.extra.get("deactivated_not_in_file", 0) == 0
+    assert env.export() == exported
+
+
+@SETTINGS
+@given(rows=rosters)
+def test_importing_the_same_roster_twice_changes_nothing_the_second_time(
+    fresh_env: object, rows: list[tuple[object, ...]]
+) -> None:
+    env = fresh_env()  # type: ignore[operator]
+    text = to_csv(rows)
+    first = env.run(text)
+    state = env.export()
+    second = env.run(text + "\n")  # other bytes, same roster: not skipped as a duplicate file
+    firsts, seconds = outcomes(env, first), outcomes(env, second)
+    assert len(firsts) == len(seconds)
+    for before, after in zip(firsts, seconds, strict=True):
+        assert after == ("error" if before == "error" else "unchanged")
+    assert env.export() == state
+
+
+@SETTINGS
+@given(rows=rosters, crlf=st.booleans(), trailing_blank=st.booleans())
+def test_results_have_exactly_one_line_per_input_row(
+    fresh_env: object, rows: list[tuple[object, ...]], crlf: bool, trailing_blank: bool
+) -> None:
+    env = fresh_env()  # type: ignore[operator]
+    text = to_csv(rows, newline="\r\n" if crlf else "\n")
+    if trailing_blank:
+        text += "\n"
+    summary = env.run(text)
+    lines = [r for r in env.results(summary) if r["row"] != "0"]
+    starts = _record_start_lines(text)
+    assert [int(r["row"]) for r in lines] == starts
+    assert sum(summary.counts[k] for k in summary.counts if k != "warning") == len(rows)
+    echoed = [r["primary_email_address"] for r in lines]
+    assert echoed == [f"person{r[3]}@example.com" for r in rows]
+
+
+def _record_start_lines(text: str) -> list[int]:
+    """Where each data record starts, computed independently of orgsyncd's reader."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    starts, previous = [], 0
+    for fields in reader:
+        if fields and previous > 0:
+            starts.append(previous + 1)
+        previous = reader.line_num
+    return starts
