@@ -163,7 +163,7 @@ def jobs() -> None:
 @pass_app
 def jobs_list(app: AppContext, tenant: str | None, status: str | None, limit: int) -> None:
     """Recent jobs, newest first."""
-    rows = app.service.jobs.list(tenant=tenant, status=status, limit=limit)
+    rows = app.service.jobs.recent(tenant=tenant, status=status, limit=limit)
     click.echo(f"{'ID':>6}  {'TENANT':<16} {'STATUS':<20} {'RECEIVED':<21} FILE")
     for job in rows:
         click.echo(
@@ -258,7 +258,7 @@ def learners_list(app: AppContext, tenant: str, status: str | None, limit: int, 
     """Learners of a tenant, by email."""
     app.settings.tenant(tenant)
     tenant_id = app.service.jobs.tenant_id(tenant)
-    rows = app.service.learners.list(tenant_id, status=status, limit=limit, offset=offset)
+    rows = app.service.learners.page(tenant_id, status=status, limit=limit, offset=offset)
     click.echo(f"{'EMAIL':<40} {'STATUS':<12} {'LICENSE':<42} GROUPS")
     for learner in rows:
         click.echo(

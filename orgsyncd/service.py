@@ -138,9 +138,9 @@ class Service:
         if not spool_dir.is_dir():
             return
         for entry in spool_dir.iterdir():
-            if _SPOOL_SEP in entry.name and not entry.name.endswith(".tmp") and entry.is_file():
-                if not self.jobs.has_spool_path(str(entry)):
-                    self._register(tenant, entry)
+            is_input = _SPOOL_SEP in entry.name and not entry.name.endswith(".tmp") and entry.is_file()
+            if is_input and not self.jobs.has_spool_path(str(entry)):
+                self._register(tenant, entry)
 
     def scan_inboxes(self, tenant: str | None = None) -> list[int]:
         """Queue every complete file found in inboxes (start-up scan and periodic rescan)."""
@@ -239,7 +239,7 @@ class Service:
         return summary
 
     def _refuse_if_held(self, tenant: str) -> None:
-        held = self.jobs.list(tenant=tenant, status=HELD, limit=1)
+        held = self.jobs.recent(tenant=tenant, status=HELD, limit=1)
         if held:
             raise UsageError(
                 f"job {held[0].id} of tenant {tenant!r} is held and blocks later files; "

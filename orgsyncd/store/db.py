@@ -117,4 +117,4 @@ def _upgrade(conn: Connection) -> None:
 
 
 def _first_line(exc: SQLAlchemyError) -> str:
-    return str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

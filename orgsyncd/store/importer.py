@@ -97,7 +97,7 @@ def load_staging(conn: Connection, rows: Iterable[StagedRow], group_count: int) 
     total = 0
     iterator = iter(rows)
     while batch := list(islice(iterator, BATCH)):
-        conn.exec_driver_sql(insert, batch)  # type: ignore[arg-type]
+        conn.exec_driver_sql(insert, batch)
         total += len(batch)
     return total
 
@@ -295,7 +295,7 @@ FROM x"""
             self.p,
         )
         rows = self.sql.run("SELECT cur_lic, COUNT(*) FROM absent WHERE cur_lic IS NOT NULL GROUP BY cur_lic")
-        return {lic: n for lic, n in rows}
+        return {str(lic): int(n) for lic, n in rows}
 
     def _seats(self, absent_licensed: dict[str, int]) -> None:
         limited = {lic: seats for lic, seats in self.req.tenant.licenses.items() if seats > 0}

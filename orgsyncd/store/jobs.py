@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy import Connection, Engine, func, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from orgsyncd.errors import NotFoundError, UsageError
 from orgsyncd.store.tables import Job, Tenant
@@ -139,8 +139,9 @@ class JobStore:
             return job.id
 
     def has_spool_path(self, spool_path: str) -> bool:
-        with self.engine.connect() as conn:
-            return conn.execute(select(Job.id).where(Job.spool_path == spool_path)).first() is not None  # type: ignore[arg-type]
+        with Session(self.engine) as session:
+            found = session.exec(select(Job.id).where(Job.spool_path == spool_path)).first()
+            return found is not None
 
     def get(self, job_id: int) -> JobRecord:
         with Session(self.engine) as session:
@@ -151,15 +152,17 @@ class JobStore:
             assert tenant is not None
             return _record(job, tenant.name)
 
-    def list(self, tenant: str | None = None, status: str | None = None, limit: int = 100) -> list[JobRecord]:
+    def recent(
+        self, tenant: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
+        query = select(Job, Tenant.name).join(Tenant, col(Tenant.id) == col(Job.tenant_id))
+        if tenant:
+            query = query.where(Tenant.name == tenant)
+        if status:
+            query = query.where(Job.status == status)
         with Session(self.engine) as session:
-            query = select(Job, Tenant.name).join(Tenant, Tenant.id == Job.tenant_id)  # type: ignore[arg-type]
-            if tenant:
-                query = query.where(Tenant.name == tenant)
-            if status:
-                query = query.where(Job.status == status)
-            query = query.order_by(Job.id.desc()).limit(limit)  # type: ignore[union-attr]
-            return [_record(job, name) for job, name in session.execute(query).all()]
+            rows = session.exec(query.order_by(col(Job.id).desc()).limit(limit)).all()
+            return [_record(job, name) for job, name in rows]
 
     def next_for_tenant(self, tenant: str, include_deferred: bool) -> JobRecord | None:
         """The head of a tenant's queue, or None when it is empty or blocked.
@@ -169,17 +172,17 @@ class JobStore:
         """
         tenant_id = self.tenant_id(tenant)
         with Session(self.engine) as session:
-            held = session.execute(
-                select(func.count()).where(Job.tenant_id == tenant_id, Job.status == HELD)  # type: ignore[arg-type]
-            ).scalar_one()
+            held = session.exec(
+                select(func.count()).where(Job.tenant_id == tenant_id, Job.status == HELD)
+            ).one()
             if held:
                 return None
-            head = session.execute(
+            head = session.exec(
                 select(Job)
-                .where(Job.tenant_id == tenant_id, Job.status == QUEUED)  # type: ignore[arg-type]
-                .order_by(Job.priority.desc(), Job.id)  # type: ignore[attr-defined]
+                .where(Job.tenant_id == tenant_id, Job.status == QUEUED)
+                .order_by(col(Job.priority).desc(), col(Job.id))
                 .limit(1)
-            ).scalar_one_or_none()
+            ).first()
             if head is None or (head.deferred and not include_deferred):
                 return None
             return _record(head, tenant)
@@ -189,47 +192,48 @@ class JobStore:
         return row is not None and row[0] == QUEUED
 
     def earlier_applied(self, tenant_id: int, sha256: str, job_id: int) -> int | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(Job.id)  # type: ignore[call-overload]
+        with Session(self.engine) as session:
+            return session.exec(
+                select(Job.id)
                 .where(
                     Job.tenant_id == tenant_id,
                     Job.sha256 == sha256,
-                    Job.status.in_(APPLIED),  # type: ignore[attr-defined]
+                    col(Job.status).in_(APPLIED),
                     Job.id != job_id,
                 )
-                .order_by(Job.id)
+                .order_by(col(Job.id))
                 .limit(1)
             ).first()
-            return int(row[0]) if row else None
 
     def finish(self, conn: Connection, job_id: int, **values: Any) -> None:
         """Record a job's outcome inside the caller's transaction (the same one that applied it)."""
         if "counts" in values and values["counts"] is not None:
             values["counts"] = json.dumps(values["counts"], sort_keys=True)
-        conn.execute(update(Job).where(Job.id == job_id).values(**values))  # type: ignore[arg-type]
+        conn.execute(update(Job).where(col(Job.id) == job_id).values(**values))
 
     def set(self, job_id: int, **values: Any) -> None:
         with self.engine.begin() as conn:
             self.finish(conn, job_id, **values)
 
     def unfinalized(self) -> list[JobRecord]:
+        query = (
+            select(Job, Tenant.name)
+            .join(Tenant, col(Tenant.id) == col(Job.tenant_id))
+            .where(col(Job.finalized).is_(False), Job.status != QUEUED)
+            .order_by(col(Job.id))
+        )
         with Session(self.engine) as session:
-            rows = session.execute(
-                select(Job, Tenant.name)
-                .join(Tenant, Tenant.id == Job.tenant_id)  # type: ignore[arg-type]
-                .where(Job.finalized == False, Job.status != QUEUED)  # type: ignore[arg-type]  # noqa: E712
-                .order_by(Job.id)
-            ).all()
-            return [_record(job, name) for job, name in rows]
+            return [_record(job, name) for job, name in session.exec(query).all()]
 
     def queue_depth(self, tenants: Sequence[str] | None = None) -> int:
         """Queued jobs (of these tenants, when given)."""
-        query = select(func.count()).select_from(Job).where(Job.status == QUEUED)  # type: ignore[arg-type]
+        query = select(func.count()).select_from(Job).where(Job.status == QUEUED)
         if tenants is not None:
-            query = query.join(Tenant, Tenant.id == Job.tenant_id).where(Tenant.name.in_(list(tenants)))  # type: ignore[arg-type,attr-defined]
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+            query = query.join(Tenant, col(Tenant.id) == col(Job.tenant_id)).where(
+                col(Tenant.name).in_(list(tenants))
+            )
+        with Session(self.engine) as session:
+            return int(session.exec(query).one())
 
     def transition(self, job_id: int, allowed: Sequence[str], verb: str, **values: Any) -> JobRecord:
         job = self.get(job_id)
@@ -237,7 +241,7 @@ class JobStore:
             raise UsageError(f"job {job_id} is {job.status}; only {' or '.join(allowed)} jobs can be {verb}")
         with self.engine.begin() as conn:
             changed = conn.execute(
-                update(Job).where(Job.id == job_id, Job.status == job.status).values(**values)  # type: ignore[arg-type]
+                update(Job).where(col(Job.id) == job_id, col(Job.status) == job.status).values(**values)
             ).rowcount
         if not changed:
             raise UsageError(f"job {job_id} changed while this command ran; look at it again")

@@ -68,7 +68,7 @@ class LearnerStore:
                 ).scalar_one()
             )
 
-    def list(
+    def page(
         self, tenant_id: int, *, status: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[LearnerView]:
         where = "tenant_id = :t" + (" AND status = :s" if status else "")

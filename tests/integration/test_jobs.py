@@ -105,7 +105,7 @@ def test_full_mode_threshold_holds_then_approve_applies(env: Env) -> None:
         env.service.import_file(env.tenant, env.write(people(1, start=200)))
     env.service.approve(held.job_id)
     results = env.service.run_due()
-    assert [(r.job_id, r.status) for r in results][0] == (held.job_id, "succeeded")
+    assert (results[0].job_id, results[0].status) == (held.job_id, "succeeded")
     assert results[1].file == "later.csv"
     assert env.learner("p19@example.com").status == "deactivated"
     summary = env.summary_json(held)
@@ -172,7 +172,7 @@ def test_dry_run_changes_nothing(env: Env) -> None:
     assert summary.counts["created"] == 1 and summary.counts["unchanged"] == 2
     assert summary.extra["dry_run"] is True
     assert env.service.learners.count(env.service.jobs.tenant_id(env.tenant)) == 2
-    assert [j.file_name for j in env.service.jobs.list(tenant=env.tenant)] == ["base.csv"]
+    assert [j.file_name for j in env.service.jobs.recent(tenant=env.tenant)] == ["base.csv"]
 
 
 @pytest.mark.parametrize("point", ["after_stage", "after_plan", "after_apply", "before_commit"])
@@ -185,9 +185,9 @@ def test_a_crash_before_commit_leaves_the_database_untouched(
     env.service.scan_inboxes()
     monkeypatch.setenv("ORGSYNCD_FAULT", point)
     with pytest.raises(InjectedFault):
-        env.service.runner.run(env.service.jobs.list(tenant=env.tenant, status="queued")[0])
+        env.service.runner.run(env.service.jobs.recent(tenant=env.tenant, status="queued")[0])
     assert env.export() == before
-    assert env.service.jobs.list(tenant=env.tenant, status="queued")[0].file_name == "next.csv"
+    assert env.service.jobs.recent(tenant=env.tenant, status="queued")[0].file_name == "next.csv"
     assert not list(env.dirs.results.glob("next.*"))
     monkeypatch.delenv("ORGSYNCD_FAULT")
     [result] = env.service.run_due()
@@ -205,7 +205,7 @@ def test_a_crash_after_commit_is_finished_at_the_next_start(
     with pytest.raises(InjectedFault):
         env.service.run_due()
     monkeypatch.delenv("ORGSYNCD_FAULT")
-    job = env.service.jobs.list(tenant=env.tenant)[0]
+    job = env.service.jobs.recent(tenant=env.tenant)[0]
     assert job.status == "succeeded" and not job.finalized
     assert not list(env.dirs.results.iterdir())
     env.service.recover()  # what start-up does
@@ -222,10 +222,10 @@ def test_an_orphaned_spool_file_becomes_a_job_at_start(env: Env) -> None:
     orphan = env.dirs.spool / "0123456789abcdef__lost.csv"
     orphan.write_text(people(1), encoding="utf-8")
     env.service.recover()
-    [job] = env.service.jobs.list(tenant=env.tenant)
+    [job] = env.service.jobs.recent(tenant=env.tenant)
     assert (job.file_name, job.status) == ("lost.csv", "queued")
     env.service.recover()
-    assert len(env.service.jobs.list(tenant=env.tenant)) == 1
+    assert len(env.service.jobs.recent(tenant=env.tenant)) == 1
 
 
 def test_export_writes_dated_file_and_prune_removes_old_files(env: Env) -> None:
