@@ -32,9 +32,13 @@ def normalize_email(value: str) -> str | None:
 def _fast_ok(lowered: str) -> bool:
     if len(lowered) > _MAX_TOTAL or not _FAST.fullmatch(lowered):
         return False
-    local, _, domain = lowered.rpartition("@")
+    at = lowered.rfind("@")
     # "--" can mean punycode or a reserved IDNA label: leave those to email_validator.
-    return len(local) <= _MAX_LOCAL and "--" not in domain and not ("." + domain).endswith(_SPECIAL_SUFFIXES)
+    return (
+        at <= _MAX_LOCAL
+        and "--" not in lowered[at:]
+        and not lowered.endswith(_SPECIAL_SUFFIXES)
+    )
 
 
 @lru_cache(maxsize=1024)

@@ -62,7 +62,7 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
         "journal_mode=WAL",
         "synchronous=NORMAL",
         "foreign_keys=OFF",
-        "cache_size=-32768",
+        "cache_size=-65536",  # 64 MiB: big imports insert into large indexes
         "temp_store=FILE",
         f"busy_timeout={_SQLITE_BUSY_S * 1000}",
     ):
