@@ -204,7 +204,7 @@ class JobRunner:
                     Applier(
                         conn,
                         self._request(staged, tenant, job.tenant_id, job.id, mode, job.approved),
-                    ).apply()
+                    ).apply(plan.counts)
                 faults.checkpoint("after_apply")
                 self._write_results(dirs, job, summary, staged.layout, source, conn, plan)
                 self.jobs.finish(

@@ -34,11 +34,7 @@ def _fast_ok(lowered: str) -> bool:
         return False
     at = lowered.rfind("@")
     # "--" can mean punycode or a reserved IDNA label: leave those to email_validator.
-    return (
-        at <= _MAX_LOCAL
-        and "--" not in lowered[at:]
-        and not lowered.endswith(_SPECIAL_SUFFIXES)
-    )
+    return at <= _MAX_LOCAL and "--" not in lowered[at:] and not lowered.endswith(_SPECIAL_SUFFIXES)
 
 
 @lru_cache(maxsize=1024)
