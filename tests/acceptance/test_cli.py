@@ -22,7 +22,7 @@ def write_config(tmp_path: Path, extra: str = "") -> Path:
     config = tmp_path / "orgsyncd.toml"
     config.write_text(
         f'[daemon]\ndata_dir = "{tmp_path / "data"}"\n\n'
-        f'[tenants.acme]\nlicenses = {{ {LIC} = 0 }}\nmax_deactivation_ratio = 1.0\n{extra}',
+        f"[tenants.acme]\nlicenses = {{ {LIC} = 0 }}\nmax_deactivation_ratio = 1.0\n{extra}",
         encoding="utf-8",
     )
     return config
@@ -133,7 +133,9 @@ def test_export_and_learners_and_tenants_commands(tmp_path: Path) -> None:
     assert [r["primary_email_address"] for r in read_csv(out)] == ["p0@example.com", "p1@example.com"]
     listing = run(tmp_path, "--config", str(config), "learners", "list", "--tenant", "acme")
     assert "p1@example.com" in listing.stdout and "invited" in listing.stdout
-    shown = json.loads(run(tmp_path, "--config", str(config), "learners", "show", "P0@example.com", "-t", "acme").stdout)
+    shown = json.loads(
+        run(tmp_path, "--config", str(config), "learners", "show", "P0@example.com", "-t", "acme").stdout
+    )
     assert shown["groups"] == ["Ops"] and shown["licence_history"][0]["license_type"] == LIC
     assert [c["action"] for c in shown["changes"]] == ["created"]
     jobs = run(tmp_path, "--config", str(config), "jobs", "list")
@@ -147,7 +149,8 @@ def test_tenants_check_reports_a_missing_key_file(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "missing.pub does not exist" in done.stdout
     (tmp_path / "missing.pub").write_text(
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test\n", encoding="utf-8"
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test\n",
+        encoding="utf-8",
     )
     assert run(tmp_path, "--config", str(config), "tenants", "check").returncode == 0
 
@@ -168,7 +171,14 @@ def test_killed_mid_job_the_database_is_untouched_and_the_job_reruns_once(tmp_pa
     before = db_rows(tmp_path, "SELECT email, first_name, status FROM learner ORDER BY email")
     (tmp_path / "next.csv").write_text(people(8, first="Q"), encoding="utf-8")
     killed = run(
-        tmp_path, "--config", str(config), "import", "next.csv", "--tenant", "acme", env={"ORGSYNCD_FAULT": f"{point}:kill"}
+        tmp_path,
+        "--config",
+        str(config),
+        "import",
+        "next.csv",
+        "--tenant",
+        "acme",
+        env={"ORGSYNCD_FAULT": f"{point}:kill"},
     )
     assert killed.returncode == -signal.SIGKILL
     assert db_rows(tmp_path, "SELECT email, first_name, status FROM learner ORDER BY email") == before
@@ -186,7 +196,17 @@ def test_killed_at_a_random_moment_the_job_applies_exactly_once(tmp_path: Path) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORGSYNCD_")}
     for delay in (0.3, 0.8, 1.5):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orgsyncd", "--config", str(config), "import", "big.csv", "--tenant", "acme"],
+            [
+                sys.executable,
+                "-m",
+                "orgsyncd",
+                "--config",
+                str(config),
+                "import",
+                "big.csv",
+                "--tenant",
+                "acme",
+            ],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,

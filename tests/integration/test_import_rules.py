@@ -301,3 +301,21 @@ def test_results_file_can_be_uploaded_again(env: Env) -> None:
     summary = env.run(fixed, name="day1-fixed.csv")
     assert [o for _, o, _ in env.outcomes(summary)] == ["unchanged", "unchanged", "created"]
     assert env.results(summary)[0].keys() >= {"row", "outcome", "preferred_first_name"}
+
+
+def test_a_big_roster_with_few_changes_applies_exactly_those(env: Env) -> None:
+    env.reconfigure(inactive_group="Leavers")
+    header = ["unique_user_id", "primary_email_address", "work_title", f"{LIC}_status", "group/A"]
+    rows = [[f"U{i}", f"u{i}@example.com", "Dev", "active", 1] for i in range(40)]
+    env.run(roster(header, rows))
+    rows[3][2] = "Lead"  # title change
+    rows[7][4] = 0  # leaves group A
+    rows[9][3] = "inactive"  # deactivated: moves to Leavers
+    rows[11][1] = "new11@example.com"  # email change by uid
+    summary = env.run(roster(header, rows))
+    changed = {r["row"]: r["outcome"] for r in env.results(summary) if r["outcome"] != "unchanged"}
+    assert changed == {"5": "updated", "9": "updated", "11": "deactivated", "13": "updated"}
+    assert env.learner("U3").title == "Lead" and env.learner("U0").title == "Dev"
+    assert env.learner("U7").groups == [] and env.learner("U8").groups == ["A"]
+    assert env.learner("U9").groups == ["Leavers"] and env.learner("U9").license_type is None
+    assert env.learner("U11").email == "new11@example.com"
