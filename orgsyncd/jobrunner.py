@@ -37,7 +37,7 @@ from orgsyncd.paths import (
     result_paths,
     tenant_dirs,
 )
-from orgsyncd.store.db import is_sqlite
+from orgsyncd.store.db import import_cache, is_sqlite
 from orgsyncd.store.importer import (
     Applier,
     Plan,
@@ -142,6 +142,7 @@ class JobRunner:
         with self.engine.connect() as conn:
             if not self._lock_tenant(conn, job.tenant_id):
                 return None
+            import_cache(conn)
             try:
                 outcome = self._stage_plan_apply(conn, job, tenant, dirs, mode, started, source, progress)
             finally:

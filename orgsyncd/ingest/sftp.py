@@ -42,6 +42,7 @@ from orgsyncd.ingest.tenantfs import (
     remove_stale_staging,
     virtual_realpath,
 )
+from orgsyncd.ingest.writer import UploadWriter
 from orgsyncd.paths import is_temporary_name, staging_dir, tenant_dirs
 
 __all__ = [
@@ -104,6 +105,8 @@ _KEEPALIVE_COUNT_MAX = 3
 # Written bytes allowed to pile up in the page cache before a background fdatasync: the disk works
 # while the network does, and the fsync at close has little left to do.
 _FLUSH_EVERY = 32 * 1024 * 1024
+# Write-behind queue per upload (see writer.py); bounds memory per open upload.
+_MAX_QUEUED_WRITES = 4 * 1024 * 1024
 _IO_THREADS = 16
 # Few: scrypt is deliberately slow and memory-hungry, and guessing must not starve file I/O.
 _AUTH_THREADS = 2
@@ -182,7 +185,7 @@ class SftpServer:
             gss_kex=False,
             gss_auth=False,
             host_based_auth=False,
-            login_timeout=sftp.login_timeout_s,
+
             keepalive_interval=_KEEPALIVE_INTERVAL_S,
             keepalive_count_max=_KEEPALIVE_COUNT_MAX,
         )
@@ -505,7 +508,7 @@ class _TenantSftp(asyncssh.SFTPServer):
         self._login = login
         self._tenant = login.tenant if login is not None and login.tenant else ""
         self._peer = login.peer if login is not None else "unknown"
-        self._flushes: dict[Upload, asyncio.Future[None]] = {}
+        self._writers: dict[Upload, UploadWriter] = {}
         self.ended = asyncio.Event()
 
     @property
@@ -514,15 +517,16 @@ class _TenantSftp(asyncssh.SFTPServer):
             raise asyncssh.SFTPPermissionDenied("not logged in")
         return self._login.fs
 
+    def _touch(self) -> None:
+        if self._login is not None:
+            self._login.touch()
+
     async def _io(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
-        login = self._login
-        if login is not None:
-            login.touch()
+        self._touch()
         try:
             return await self._hub.run_io(fn, *args)
         finally:
-            if login is not None:
-                login.touch()
+            self._touch()
 
     # Any asyncssh default that maps a path would reach the real filesystem: fail closed instead.
     def map_path(self, path: bytes) -> bytes:
@@ -562,50 +566,96 @@ class _TenantSftp(asyncssh.SFTPServer):
     # -- files ---------------------------------------------------------------------------------
 
     async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
-        return await self._io(self._fs.open, path, _open_mode(pflags))
+        handle = await self._io(self._fs.open, path, _open_mode(pflags))
+        if isinstance(handle, Upload):
+            self._writers[handle] = self._new_writer(handle)
+        return handle
+
+    def _new_writer(self, upload: Upload) -> UploadWriter:
+        fs = self._fs
+        return UploadWriter(
+            self._hub.run_io,
+            functools.partial(fs.write_chunks, upload),
+            functools.partial(fs.flush, upload),
+            max_queued=_MAX_QUEUED_WRITES,
+            flush_every=_FLUSH_EVERY,
+        )
 
     def open56(self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs) -> object:
         raise asyncssh.SFTPOpUnsupported("only SFTP version 3 is offered")
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
-        return await self._io(self._fs.read, _handle(file_obj), offset, size)
+        handle = _handle(file_obj)
+        await self._settle_writes(handle)
+        return await self._io(self._fs.read, handle, offset, size)
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         upload = _upload(file_obj)
-        was_rejected = upload.rejected is not None
+        self._touch()
         try:
-            written = await self._io(self._fs.write, upload, offset, data)
+            offset = self._fs.reserve(upload, offset, len(data))
         except OSError:
-            if upload.rejected is not None and not was_rejected:
-                self._log_discard(upload, "too_large")
+            await self._reject(upload)
             raise
-        self._hub.metrics.bytes_received(written)
-        if upload.unflushed >= _FLUSH_EVERY:
-            self._start_flush(upload)
-        return written
+        await self._writers[upload].write(offset, data)
+        self._hub.metrics.bytes_received(len(data))
+        return len(data)
+
+    async def _reject(self, upload: Upload) -> None:
+        """Over the size limit: throw the staging file away now, not at the client's close."""
+        writer = self._writers.pop(upload, None)
+        if writer is None:
+            return  # rejected by an earlier write
+        with contextlib.suppress(OSError):
+            await writer.settle()  # no write may still be in flight on the fd
+        await self._io(self._fs.discard, upload)
+        self._log_discard(upload, "too_large")
 
     async def fstat(self, file_obj: object) -> os.stat_result:
-        return await self._io(self._fs.fstat, _handle(file_obj))
+        handle = _handle(file_obj)
+        await self._settle_writes(handle)
+        return await self._io(self._fs.fstat, handle)
 
     async def fsync(self, file_obj: object) -> None:
         handle = _handle(file_obj)
         if isinstance(handle, Upload):
+            await self._settle_writes(handle)
             await self._io(self._fs.flush, handle)
+
+    async def _settle_writes(self, handle: Handle) -> None:
+        writer = self._writers.get(handle) if isinstance(handle, Upload) else None
+        if writer is not None:
+            await writer.settle()
 
     async def close(self, file_obj: object) -> None:
         handle = _handle(file_obj)
         if isinstance(handle, Download):
             await self._io(self._fs.close_download, handle)
             return
-        await self._finish_flush(handle)
+        failure = await self._finish_writes(handle)
         if _client_went_away(self.channel):
             # asyncssh also calls close() for every handle still open when the channel or the
             # connection goes away; only a close the client sent itself may publish the file.
-            await self._io(self._fs.discard, handle)
-            if handle.rejected is None:
-                self._log_discard(handle, "connection_lost")
-            return
-        await self._commit(handle)
+            await self._discard(handle, "connection_lost")
+        elif failure is not None:
+            await self._discard(handle, "write_failed")
+            raise failure
+        else:
+            await self._commit(handle)  # a rejected upload fails here, with its reason
+
+    async def _finish_writes(self, upload: Upload) -> OSError | None:
+        writer = self._writers.pop(upload, None)
+        try:
+            if writer is not None:
+                await writer.settle()
+        except OSError as exc:
+            return exc
+        return None
+
+    async def _discard(self, upload: Upload, reason: str) -> None:
+        await self._io(self._fs.discard, upload)
+        if upload.rejected is None:  # a rejected upload was discarded and logged already
+            self._log_discard(upload, reason)
 
     async def _commit(self, upload: Upload) -> None:
         try:
@@ -625,6 +675,7 @@ class _TenantSftp(asyncssh.SFTPServer):
         )
         if not temporary:  # a temporary name is reported when renamed to its final one
             await self._hub.notify_upload(self._tenant, final)
+        self._touch()  # on_upload may have taken a while; that was not the client idling
 
     def _log_discard(self, upload: Upload, reason: str) -> None:
         log.info(
@@ -635,22 +686,6 @@ class _TenantSftp(asyncssh.SFTPServer):
             peer=self._peer,
             reason=reason,
         )
-
-    def _start_flush(self, upload: Upload) -> None:
-        previous = self._flushes.get(upload)
-        if previous is not None and not previous.done():
-            return  # still running; a later write will start the next one
-        if previous is not None and not previous.cancelled():
-            previous.exception()  # collected, so asyncio does not warn; the commit fsyncs anyway
-        upload.unflushed = 0
-        self._flushes[upload] = asyncio.ensure_future(self._hub.run_io(self._fs.flush, upload))
-
-    async def _finish_flush(self, upload: Upload) -> None:
-        future = self._flushes.pop(upload, None)
-        if future is not None:
-            # The commit fsyncs anyway; an error here (e.g. the file was discarded) is moot.
-            with contextlib.suppress(OSError):
-                await future
 
     # -- inbox housekeeping --------------------------------------------------------------------
 

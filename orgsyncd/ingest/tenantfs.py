@@ -24,7 +24,7 @@ import posixpath
 import secrets
 import shutil
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from orgsyncd.paths import VISIBLE_DIRS, atomic_replace, staging_dir, tenant_dirs
@@ -85,7 +85,6 @@ class Upload:
     append: bool
     size: int = 0
     rejected: str | None = None
-    unflushed: int = field(default=0, repr=False)
 
 
 Handle = Download | Upload
@@ -248,27 +247,34 @@ class TenantFS:
             self.discard(upload)
             raise
         if upload.size > self.max_file_bytes:
+            self.discard(upload)
             self._reject(upload)
 
-    def write(self, upload: Upload, offset: int, data: bytes) -> int:
-        """Write at *offset* (append handles: at the end); past the size limit rejects the file."""
+    def reserve(self, upload: Upload, offset: int, length: int) -> int:
+        """Account for a write before it is queued; return where it goes (append: at the end).
+
+        No I/O. Past the size limit the upload is marked rejected and EFBIG raised; the caller
+        discards it once no write is in flight.
+        """
         if upload.rejected:
             raise OSError(errno.EFBIG, upload.rejected)
         if upload.append:
             offset = upload.size
-        end = offset + len(data)
+        end = offset + length
         if end > self.max_file_bytes:
             self._reject(upload)
-        _pwrite_all(_fd(upload), data, offset)
         upload.size = max(upload.size, end)
-        upload.unflushed += len(data)
-        return len(data)
+        return offset
+
+    def write_chunks(self, upload: Upload, chunks: list[tuple[int, bytes]]) -> None:
+        fd = _fd(upload)
+        for offset, data in chunks:
+            _pwrite_all(fd, data, offset)
 
     def _reject(self, upload: Upload) -> None:
         upload.rejected = (
             f"upload rejected: {upload.name} exceeds the maximum file size of {self.max_file_bytes} bytes"
         )
-        self.discard(upload)  # free the disk now; the client will still close its handle
         raise OSError(errno.EFBIG, upload.rejected)
 
     def flush(self, upload: Upload) -> None:
