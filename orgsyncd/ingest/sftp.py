@@ -185,7 +185,7 @@ class SftpServer:
             gss_kex=False,
             gss_auth=False,
             host_based_auth=False,
-
+            login_timeout=sftp.login_timeout_s,
             keepalive_interval=_KEEPALIVE_INTERVAL_S,
             keepalive_count_max=_KEEPALIVE_COUNT_MAX,
         )
