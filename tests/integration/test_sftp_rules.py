@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import posixpath
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from orgsyncd.ingest.auth import (
     verify_password,
 )
 from orgsyncd.ingest.tenantfs import VPath, parse_vpath, virtual_realpath
+from orgsyncd.ingest.writer import Chunk, UploadWriter
 from orgsyncd.paths import VISIBLE_DIRS
 
 
@@ -143,3 +146,99 @@ def test_no_client_path_maps_outside_the_tenant_root(segments: list[str], absolu
     assert local.is_relative_to(root)
     assert vpath.area is None or vpath.area in VISIBLE_DIRS
     assert virtual_realpath(raw.encode()).decode() == vpath.text
+
+
+# --------------------------------------------------------------------------------------------
+# write-behind
+
+
+class GatedRunner:
+    """Stands in for the thread pool: runs each job when the gate is open, counting jobs."""
+
+    def __init__(self, open_: bool = True) -> None:
+        self.gate = asyncio.Event()
+        if open_:
+            self.gate.set()
+        self.jobs = 0
+
+    async def __call__(self, fn: Callable[[], None]) -> None:
+        await self.gate.wait()
+        self.jobs += 1
+        fn()
+
+
+def _writer(run: GatedRunner, applied: list[Chunk], **limits: int) -> UploadWriter:
+    flushes = limits.pop("flushes_into", None)
+    return UploadWriter(
+        run,
+        applied.extend,
+        (lambda: None) if flushes is None else (lambda: applied.append((-1, b"flush"))),
+        max_queued=limits.get("max_queued", 1000),
+        flush_every=limits.get("flush_every", 10**9),
+    )
+
+
+def test_queued_writes_land_in_order_in_few_jobs() -> None:
+    applied: list[Chunk] = []
+    run = GatedRunner(open_=False)
+
+    async def scenario() -> None:
+        writer = _writer(run, applied)
+        for i in range(10):
+            await writer.write(i * 3, b"abc")  # acknowledged while nothing has been written
+        assert applied == []
+        run.gate.set()
+        await writer.settle()
+
+    asyncio.run(scenario())
+    assert applied == [(i * 3, b"abc") for i in range(10)]
+    assert run.jobs == 1  # all ten were queued before the job started: one batch
+
+
+def test_a_full_queue_makes_write_wait() -> None:
+    run = GatedRunner(open_=False)
+
+    async def scenario() -> None:
+        writer = _writer(run, [], max_queued=100)
+        await writer.write(0, b"x" * 100)
+        blocked = asyncio.ensure_future(writer.write(100, b"y"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not blocked.done()
+        run.gate.set()
+        await blocked
+        await writer.settle()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_write_is_raised_by_the_next_write_and_by_settle() -> None:
+    def disk_full(chunks: list[Chunk]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def scenario() -> None:
+        writer = UploadWriter(GatedRunner(), disk_full, lambda: None, max_queued=1000, flush_every=10**9)
+        await writer.write(0, b"abc")
+        await asyncio.sleep(0.01)
+        with pytest.raises(OSError) as later:
+            await writer.write(3, b"def")
+        assert later.value.errno == errno.ENOSPC
+        with pytest.raises(OSError):
+            await writer.settle()
+
+    asyncio.run(scenario())
+
+
+def test_written_bytes_are_flushed_in_the_background() -> None:
+    applied: list[Chunk] = []
+
+    async def scenario() -> None:
+        writer = _writer(GatedRunner(), applied, flush_every=5, flushes_into=1)
+        await writer.write(0, b"abc")
+        await writer.settle()
+        assert (-1, b"flush") not in applied
+        await writer.write(3, b"def")
+        await writer.settle()
+
+    asyncio.run(scenario())
+    assert applied[-1] == (-1, b"flush")

@@ -37,6 +37,7 @@ from orgsyncd.ingest.sftp import (
     hash_password,
     verify_password,
 )
+from orgsyncd.ingest.tenantfs import TenantFS, Upload
 from orgsyncd.paths import VISIBLE_DIRS, staging_dir, tenant_dirs
 
 pytestmark = pytest.mark.skipif(shutil.which("sftp") is None, reason="needs the OpenSSH client")
@@ -411,6 +412,32 @@ def test_uploads_over_the_size_limit_are_refused_and_discarded(env: Env) -> None
     assert [p.name for _, p, _ in env.uploads] == ["exact.csv"]
     assert [p.name for p in env.inbox().iterdir()] == ["exact.csv"]
     assert env.staged() == []
+
+
+def test_upload_handles_read_back_what_was_written_at_any_offset(
+    server: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_chunks = TenantFS.write_chunks
+
+    def slow_disk(fs: TenantFS, upload: Upload, chunks: list[tuple[int, bytes]]) -> None:
+        time.sleep(0.2)  # writes are acknowledged before they land; reads must wait for them
+        write_chunks(fs, upload, chunks)
+
+    monkeypatch.setattr(TenantFS, "write_chunks", slow_disk)
+    with connect(server) as sftp:
+        with sftp.open("/inbox/scattered.csv", "w+") as handle:
+            handle.seek(6)
+            handle.write(b"world\n")
+            handle.seek(0)
+            handle.write(b"hello ")
+            handle.flush()
+            handle.seek(0)
+            assert handle.read(12) == b"hello world\n"
+            assert handle.stat().st_size == 12
+        with sftp.open("/inbox/scattered.csv", "a") as handle:  # append: no truncation
+            handle.write(b"again\n")
+    content = b"hello world\n"
+    assert [data for _, _, data in server.uploads] == [content, content + b"again\n"]
 
 
 def test_tenant_can_remove_its_own_inbox_files(server: Env) -> None:
