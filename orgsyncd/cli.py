@@ -15,7 +15,7 @@ import click
 
 from orgsyncd.config import Settings, load_settings
 from orgsyncd.core.results import Summary, iso
-from orgsyncd.errors import OrgsyncError
+from orgsyncd.errors import OrgsyncError, UsageError
 from orgsyncd.logging import configure_logging
 from orgsyncd.service import Service
 from orgsyncd.store.jobs import STATUSES, JobRecord
@@ -329,7 +329,26 @@ def serve(app: AppContext) -> None:
     from orgsyncd.daemon import run_daemon
 
     configure_logging(level="debug" if app.debug else "info", json=True, stream=sys.stdout)
-    sys.exit(run_daemon(app.settings))
+    # The path, not just the settings: SIGHUP reads the same file again.
+    sys.exit(run_daemon(app.settings, config_path=app.config_path))
+
+
+@main.command("hash-password")
+def hash_password_cmd() -> None:
+    """Print the scrypt hash of a password, for a tenant's password_hash.
+
+    Prompts twice on a terminal; otherwise reads the first line of stdin, so the password never
+    appears in the process list or the shell history.
+    """
+    from orgsyncd.ingest.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("the password is empty")
+    click.echo(hash_password(password))
 
 
 # -- progress -----------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def drop_staging(conn: Connection) -> None:
     """PostgreSQL keeps pooled sessions, so drop the temporary tables; on SQLite they vanish with
     the connection (closed after every job), which is much cheaper than dropping a big table."""
     if conn.dialect.name == "postgresql":
-        for table in ("stg", "pl", "absent", "chg"):
+        for table in ("stg", "pl", "absent", "chg", "mm"):
             Sql(conn).run(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -160,14 +160,59 @@ class Planner:
             "n_email TEXT, n_uid TEXT, n_first TEXT, n_last TEXT, n_title TEXT, n_status TEXT, "
             "n_lic TEXT, outcome TEXT, note TEXT, note_msg TEXT)"
         )
-        self.sql.run(self._build_sql(), {**self.p, "base": self._id_base()})
+        params = {**self.p, "base": self._id_base()}
+        if not self._tenant_has_learners():
+            self.sql.run(self._build_sql(self._match_sql()), params)
+            return
+        # Re-imports: match first into a slim table; rows whose fingerprint matches go to the plan
+        # as `unchanged` with no further work, and only the rest pay for the full expression pass.
+        self.sql.run("DROP TABLE IF EXISTS mm")
+        self.sql.run(
+            "CREATE TEMPORARY TABLE mm (line INTEGER PRIMARY KEY, lid BIGINT, adopt INTEGER, "
+            "taken INTEGER, same INTEGER)"
+        )
+        self._match_into_mm(params)
+        self.sql.run(self._unchanged_sql())
+        joined = "SELECT s.*, mm.lid, mm.adopt, mm.taken, mm.same FROM mm JOIN stg s ON s.line = mm.line WHERE mm.same = 0"
+        self.sql.run(self._build_sql(joined), params)
+
+    def _match_into_mm(self, params: dict[str, Any]) -> None:
+        if not self.req.has_uid:
+            self.sql.run(f"INSERT INTO mm {self._match_sql(columns='s.line')}", params)
+            return
+        # Most rows are settled by their uid's learner alone (same email): probe emails only for
+        # the rest, since SQLite would otherwise look every email up.
+        self.sql.run(
+            "INSERT INTO mm SELECT s.line, lu.id, 0, 0, CASE WHEN lu.fp = s.fp THEN 1 ELSE 0 END "
+            "FROM stg s LEFT JOIN learner lu ON lu.tenant_id = :t AND lu.uid = s.uid "
+            "WHERE lu.id IS NOT NULL AND lu.email = s.email",
+            params,
+        )
+        unsettled = "(SELECT * FROM stg WHERE NOT EXISTS (SELECT 1 FROM mm WHERE mm.line = stg.line)) s "
+        rest = self._match_sql(columns="s.line").replace("FROM stg s ", f"FROM {unsettled}", 1)
+        self.sql.run(f"INSERT INTO mm {rest}", params)
+
+    def _tenant_has_learners(self) -> bool:
+        found = self.sql.scalar("SELECT 1 FROM learner WHERE tenant_id = :t LIMIT 1", self.p)
+        return found is not None
+
+    def _unchanged_sql(self) -> str:
+        groups = range(len(self.req.groups))
+        gcols = "".join(f", g{i}, d{i}" for i in groups)
+        gvals = "".join(f", s.g{i}, 0" for i in groups)
+        return (
+            f"INSERT INTO pl (line, ukey, uid, email, lic_on, fp{gcols}, lid, is_new, adopt, echg, rel, "
+            "act, chg, outcome) "
+            f"SELECT s.line, s.ukey, s.uid, s.email, s.lic_on, s.fp{gvals}, mm.lid, 0, 0, 0, 0, 0, 0, "
+            "'unchanged' FROM mm JOIN stg s ON s.line = mm.line WHERE mm.same = 1"
+        )
 
     def _id_base(self) -> int:
         if self.sql.pg:
             return 0
         return int(self.sql.scalar("SELECT COALESCE(MAX(id), 0) FROM learner"))
 
-    def _build_sql(self) -> str:
+    def _build_sql(self, matched: str) -> str:
         groups = range(len(self.req.groups))
         gids = self._existing_group_ids()
         x_groups = "".join(f", m.g{i}, {_group_delta(i, gids[i])} AS d{i}" for i in groups)
@@ -179,7 +224,7 @@ class Planner:
         live = f"({ok} AND m.same = 0)"
         values = ", ".join(f"{_new_value(col, db_col)} AS n_{col}" for col, db_col in _TEXT_FIELDS)
         return f"""
-WITH m AS ({self._match_sql()}),
+WITH m AS ({matched}),
 x AS (
   SELECT m.line, m.ukey, m.uid, m.email, m.lic_on, m.fp, m.same,
     CASE WHEN m.err IS NOT NULL THEN m.err WHEN m.taken = 1 THEN 'email_taken' END AS err,
@@ -218,18 +263,18 @@ SELECT x.line, x.err, x.msg, x.ukey, x.uid, x.email, x.lic_on, x.fp
     THEN 'the learner with this email had no unique_user_id and now has this one' END
 FROM x"""
 
-    def _match_sql(self) -> str:
+    def _match_sql(self, columns: str = "s.*") -> str:
         """Which learner each row means. With a uid: that uid's learner; else the email's learner
         if it has no uid (adoption); an email held by someone else is email_taken. A learner whose
         fingerprint equals the row's is unchanged (``same``) and costs no further probes."""
         if not self.req.has_uid:
             return (
-                "SELECT s.*, le.id AS lid, 0 AS adopt, 0 AS taken, "
+                f"SELECT {columns}, le.id AS lid, 0 AS adopt, 0 AS taken, "
                 "CASE WHEN le.fp = s.fp THEN 1 ELSE 0 END AS same FROM stg s "
                 "LEFT JOIN learner le ON le.tenant_id = :t AND le.email = s.email"
             )
         return (
-            "SELECT s.*, CASE WHEN lu.id IS NOT NULL THEN lu.id "
+            f"SELECT {columns}, CASE WHEN lu.id IS NOT NULL THEN lu.id "
             "WHEN s.uid IS NULL OR le.uid IS NULL THEN le.id END AS lid, "
             "CASE WHEN lu.id IS NULL AND s.uid IS NOT NULL AND le.id IS NOT NULL "
             "AND le.uid IS NULL THEN 1 ELSE 0 END AS adopt, "
