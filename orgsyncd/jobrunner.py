@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, text
 from orgsyncd import faults
 from orgsyncd.config import Settings, TenantConfig
 from orgsyncd.core.header import HeaderRules, Issue, Layout, analyse_header
-from orgsyncd.core.reader import Record, read_records
+from orgsyncd.core.reader import Record, read_echo_records, read_records
 from orgsyncd.core.results import ResultsWriter, Summary, empty_counts, summary_status, write_json
 from orgsyncd.core.rows import RowRules, RowValidator, StagedRow, roster_rows
 from orgsyncd.errors import FileRejected
@@ -341,9 +341,14 @@ class JobRunner:
         with _atomic_text(csv_tmp) as out:
             writer = ResultsWriter(out, layout.names)
             writer.issues(issues)
-            records = read_records(source)
-            next(records)  # the header
-            writer.rows(result_lines(conn), roster_rows(records, layout))
+            if layout.row >= 0 or writer.drop:  # a results file uploaded again
+                records = read_records(source)
+                next(records)  # the header
+                writer.rows(result_lines(conn), roster_rows(records, layout))
+            else:
+                echoes = read_echo_records(source)
+                next(echoes)  # the header
+                writer.echo_rows(result_lines(conn), echoes)
         write_json(json_tmp, summary.as_dict())
 
     def _file_failed(

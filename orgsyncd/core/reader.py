@@ -69,6 +69,47 @@ def read_records(path: Path, progress: Callable[[int], None] | None = None) -> I
         ) from None
 
 
+EchoRecord = tuple[int, list[str] | None, str | None]
+
+
+def read_echo_records(path: Path) -> Iterator[EchoRecord]:
+    """The records of an already validated file, for echoing into the results file: a record that
+    is one physical line without a quote comes back as its raw text (no CSV parsing needed to copy
+    it), any other as parsed fields. Same line numbers and blank-line rules as ``read_records``."""
+    with path.open("rb") as raw, _decompressed(path, raw) as binary:
+        lines = _Lines(io.TextIOWrapper(binary, encoding="utf-8-sig", errors="strict", newline=""))
+        for physical in lines:
+            start = lines.count
+            if '"' not in physical:
+                body = physical.rstrip("\r\n")
+                if body.strip():
+                    yield start, None, body
+                continue
+            fields = next(csv.reader(_chain_first(physical, lines), strict=True))
+            yield start, fields, None
+
+
+class _Lines:
+    """Physical lines with a running count, so records spanning lines keep their numbering."""
+
+    def __init__(self, text: io.TextIOWrapper) -> None:
+        self.text = text
+        self.count = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.text)
+        self.count += 1
+        return line
+
+
+def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
 def _csv_message(line: int, exc: csv.Error) -> str:
     text = str(exc)
     if "unexpected end of data" in text or "field larger than field limit" in text:

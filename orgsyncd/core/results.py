@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orgsyncd.core.header import RESULT_COLUMNS, Issue
+from orgsyncd.core.reader import EchoRecord
 
 RESULT_HEADER = ("row", "outcome", "code", "message")
 OUTCOMES = ("created", "updated", "unchanged", "deactivated", "reactivated", "error", "warning")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # One regex over the joined row is much cheaper than a check per cell, and almost never matches.
+_RAW_NEEDS_ESCAPE = re.compile("(?:^|,)[=+\\-@\t]")
 _NEEDS_ESCAPE = re.compile("(?:^|\x1f)[=+\\-@\t\r]")
 
 Outcome = tuple[int, str, str | None, str | None]  # line, outcome, code, message
@@ -89,6 +91,7 @@ class ResultsWriter:
     def __init__(self, out: TextIO, header: Sequence[str] | None) -> None:
         names = list(header or ())
         self.drop = {i for i, name in enumerate(names) if name.strip().lower() in RESULT_COLUMNS}
+        self.out = out
         self.writer = csv.writer(out, lineterminator="\r\n")
         echo = [escape(name) for i, name in enumerate(names) if i not in self.drop]
         self.writer.writerow([*RESULT_HEADER, *echo])
@@ -110,6 +113,34 @@ class ResultsWriter:
             self.writer.writerow((line, outcome, code or "", message or "", *fields))
             written += 1
         return written
+
+    def echo_rows(self, outcomes: Iterable[Outcome], records: Iterator[EchoRecord]) -> int:
+        """Like ``rows``, but copies a plain one-line record as it is instead of re-encoding it."""
+        if self.drop:
+            raise ValueError("echo_rows cannot drop columns; use rows")
+        written = 0
+        write = self.out.write
+        for (line, outcome, code, message), (rec_line, fields, raw) in zip(outcomes, records, strict=True):
+            if line != rec_line:
+                raise RuntimeError(f"results out of step with input: line {line} vs {rec_line}")
+            if raw is not None and not _RAW_NEEDS_ESCAPE.search(raw):
+                write(f"{line},{outcome},{code or ''},{_csv_cell(message)},{raw}\r\n")
+            else:
+                cells = fields if fields is not None else (raw or "").split(",")
+                if _NEEDS_ESCAPE.search("\x1f".join(cells)):
+                    cells = [escape(v) for v in cells]
+                self.writer.writerow((line, outcome, code or "", message or "", *cells))
+            written += 1
+        return written
+
+
+def _csv_cell(value: str | None) -> str:
+    if not value:
+        return ""
+    value = escape(value)
+    if any(ch in value for ch in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -7,8 +7,8 @@ Hot path: a million calls per big file, so it stays flat and allocation-light.
 
 from __future__ import annotations
 
-import zlib
 import operator
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 

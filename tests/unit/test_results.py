@@ -317,3 +317,32 @@ def test_write_json(tmp_path: Path) -> None:
     assert text.endswith("}\n")
     assert "Zoë.csv" in text  # not \u-escaped
     assert json.loads(text) == {"tenant": "acme", "file": "Zoë.csv", "counts": {"created": 1}}
+
+
+def test_echo_fast_path_matches_the_csv_path(tmp_path: Path) -> None:
+    """Copying plain lines verbatim must give byte-for-byte the file the CSV writer would."""
+    from orgsyncd.core.reader import read_echo_records
+
+    text = (
+        "primary_email_address,work_title,group/A\r\n"
+        "a@x.com,Dev,1\r\n"
+        'b@x.com,"Head, ""Ops""\r\nand more",0\r\n'
+        "\r\n"
+        "c@x.com,=SUM(1),1\r\n"
+        "d@x.com,-5,\r\n"
+        "e@x.com,plain,0\r\n"
+    )
+    path = tmp_path / "r.csv"
+    path.write_text(text, encoding="utf-8", newline="")
+    header = ["primary_email_address", "work_title", "group/A"]
+    outcomes = [(2, "created", None, None), (3, "error", "invalid_value", 'x "y", z'), (6, "created", None, None),
+                (7, "updated", None, None), (8, "unchanged", None, None)]  # fmt: skip
+    slow, fast = io.StringIO(newline=""), io.StringIO(newline="")
+    records = read_records(path)
+    next(records)
+    ResultsWriter(slow, header).rows(outcomes, records)
+    echoes = read_echo_records(path)
+    next(echoes)
+    ResultsWriter(fast, header).echo_rows(outcomes, echoes)
+    assert fast.getvalue() == slow.getvalue()
+    assert "'=SUM(1)" in fast.getvalue() and "'-5" in fast.getvalue()
