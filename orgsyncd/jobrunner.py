@@ -123,6 +123,7 @@ class JobRunner:
                 atomic_replace(tmp, final)
         spool = Path(job.spool_path)
         if job.status in TERMINAL and spool.exists():
+            _unlink_inbox_copy(dirs.inbox / job.file_name, spool)
             atomic_replace(spool, archive_path(dirs, job.file_name, job.id))
         self.jobs.set(job.id, finalized=True)
 
@@ -435,6 +436,15 @@ class JobRunner:
         if spool.exists():
             return spool
         return archive_path(tenant_dirs(self.settings.daemon.data_dir, job.tenant), job.file_name, job.id)
+
+
+def _unlink_inbox_copy(inbox_file: Path, spool: Path) -> None:
+    """The upload leaves inbox/ once processed, unless a new file of that name replaced it."""
+    try:
+        if inbox_file.samefile(spool):
+            inbox_file.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _fingerprint_seed(layout: Layout, tenant: TenantConfig) -> int:

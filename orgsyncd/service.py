@@ -99,21 +99,28 @@ class Service:
     # -- queueing -----------------------------------------------------------------------------
 
     def enqueue_file(self, tenant: str, path: Path) -> int | None:
-        """Queue one complete file from a tenant's inbox: it moves to the spool (out of sight of
-        SFTP) and becomes a job. Idempotent: a file already taken (or gone) returns None."""
+        """Queue one complete file from a tenant's inbox. Idempotent: None when it is already
+        queued, gone, a temporary name or not a regular file.
+
+        The spool gets a hard link named after the file's inode and mtime, so exactly one of any
+        number of watchers, rescans or instances wins (the link fails for the others), while the
+        upload stays visible in inbox/ until its job is processed: SFTP clients that check the
+        file right after writing it (paramiko's put) find it, and operators see what is pending.
+        """
         if tenant not in self.settings.tenants or is_temporary_name(path.name):
             return None
         try:
-            if not stat.S_ISREG(path.lstat().st_mode):
-                return None
+            info = path.lstat()
         except FileNotFoundError:
             return None
-        spool = self.dirs(tenant).spool / f"{uuid.uuid4().hex[:16]}{_SPOOL_SEP}{path.name}"
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            return None  # not a plain file, or already linked into the spool
+        spool = self.dirs(tenant).spool / f"{info.st_ino:x}-{info.st_mtime_ns:x}{_SPOOL_SEP}{path.name}"
         spool.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.rename(path, spool)
-        except FileNotFoundError:
-            return None  # another instance or the watcher took it first
+            os.link(path, spool)
+        except (FileExistsError, FileNotFoundError):
+            return None  # another watcher or instance took it first, or it is gone
         return self._register(tenant, spool)
 
     def _register(self, tenant: str, spool: Path) -> int | None:

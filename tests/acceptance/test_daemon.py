@@ -78,9 +78,10 @@ def outcomes(results_csv: str) -> list[tuple[str, str]]:
 
 
 def upload(sftp: paramiko.SFTPClient, text: str, path: str) -> None:
-    # confirm=False: paramiko's default stats the file after closing it, but orgsyncd queues it on
-    # close and it has left /inbox/ by then (ENOENT), so that check cannot pass.
-    sftp.putfo(io.BytesIO(text.encode()), path, confirm=False)
+    # paramiko's default confirm=True stats the file right after closing it: the upload must
+    # still be visible in /inbox/ then, although it is already queued.
+    attrs = sftp.putfo(io.BytesIO(text.encode()), path)
+    assert attrs.st_size == len(text.encode())
 
 
 def metric(site: Site, name: str) -> float:

@@ -31,14 +31,17 @@ def test_enqueue_is_idempotent_and_ignores_temporary_names(env: Env) -> None:
     assert first is not None
     assert env.service.enqueue_file(env.tenant, path) is None  # already taken into the spool
     assert env.service.scan_inboxes() == []
-    assert sorted(p.name for p in env.dirs.inbox.iterdir()) == [".hidden.csv", "b.csv.part"]
+    # The upload stays visible in inbox/ until its job is processed.
+    assert sorted(p.name for p in env.dirs.inbox.iterdir()) == [".hidden.csv", "a.csv", "b.csv.part"]
     job = env.service.jobs.get(first)
     assert (job.status, job.file_name, job.size) == (
         "queued",
         "a.csv",
-        path.stat().st_size if path.exists() else job.size,
+        path.stat().st_size,
     )
     assert len(job.sha256) == 64
+    env.service.run_due()  # processed: the upload leaves inbox/
+    assert sorted(p.name for p in env.dirs.inbox.iterdir()) == [".hidden.csv", "b.csv.part"]
 
 
 def test_jobs_of_a_tenant_run_in_arrival_order(env: Env) -> None:
@@ -238,3 +241,14 @@ def test_export_writes_dated_file_and_prune_removes_old_files(env: Env) -> None:
     os.utime(old, (0, 0))
     assert env.service.prune(env.tenant) == 1
     assert not old.exists() and target.exists()
+
+
+def test_the_same_name_uploaded_again_is_a_new_job(env: Env) -> None:
+    path = drop(env, "daily.csv", people(1))
+    first = env.service.enqueue_file(env.tenant, path)
+    path.unlink()  # an SFTP upload of the same name replaces the file (a new inode)
+    drop(env, "daily.csv", people(2))
+    second = env.service.enqueue_file(env.tenant, path)
+    assert first is not None and second is not None and first != second
+    env.service.run_due()
+    assert not path.exists()
