@@ -500,28 +500,10 @@ class Applier:
                 "l.license_type",
             )
         )
-        after = self.sql.json_object(
-            _snapshot(
-                "s.n_email",
-                "s.n_uid",
-                "s.n_first",
-                "s.n_last",
-                "s.n_title",
-                "s.n_status",
-                "s.n_lic",
-            )
-        )
+        after = self.sql.json_object(_NEW_VALUES)
         created = self.sql.json_object(
             [
-                *_snapshot(
-                    "s.n_email",
-                    "s.n_uid",
-                    "s.n_first",
-                    "s.n_last",
-                    "s.n_title",
-                    "s.n_status",
-                    "s.n_lic",
-                ),
+                *_NEW_VALUES,
                 *((f"group/{name}", f"s.g{i}") for i, name in enumerate(self.req.groups)),
             ]
         )
@@ -637,6 +619,9 @@ class Applier:
 def _snapshot(*exprs: str) -> list[tuple[str, str]]:
     keys = ("email", "uid", "first_name", "last_name", "title", "status", "license")
     return list(zip(keys, exprs, strict=True))
+
+
+_NEW_VALUES = _snapshot("s.n_email", "s.n_uid", "s.n_first", "s.n_last", "s.n_title", "s.n_status", "s.n_lic")
 
 
 def result_lines(conn: Connection) -> Iterator[tuple[int, str, str | None, str | None]]:
