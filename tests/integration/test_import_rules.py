@@ -18,7 +18,7 @@ HEADER = [
     "group/Engineering",
     "group/HR",
 ]
-SPEC_EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "spec" / "examples"
+SPEC_EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "spec_examples"  # from the contract
 
 
 def day1() -> str:

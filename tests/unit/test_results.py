@@ -27,7 +27,7 @@ from orgsyncd.core.results import (
 )
 from orgsyncd.core.rows import RowRules, RowValidator, clean, roster_rows
 
-EXAMPLES = Path("/work/shared/spec/examples")
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "spec_examples"  # from the contract
 LIC = "default_license_learning_proalllanguages"
 FORMULA = "=+-@\t\r"
 
