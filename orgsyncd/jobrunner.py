@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import starmap
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from orgsyncd.config import Settings, TenantConfig
 from orgsyncd.core.header import HeaderRules, Issue, Layout, analyse_header
 from orgsyncd.core.reader import Record, read_echo_records, read_records
 from orgsyncd.core.results import ResultsWriter, Summary, empty_counts, summary_status, write_json
-from orgsyncd.core.rows import RowRules, RowValidator, StagedRow, roster_rows
+from orgsyncd.core.rows import RowRules, RowValidator, roster_rows
 from orgsyncd.errors import FileRejected
 from orgsyncd.paths import (
     TenantDirs,
@@ -238,7 +239,9 @@ class JobRunner:
         rules = RowRules(tenant.blank_means, tenant.default_license)
         validator = RowValidator(layout, rules, seed=_fingerprint_seed(layout, tenant))
         create_staging(conn, len(layout.groups))
-        rows = load_staging(conn, _validated(roster_rows(records, layout), validator), len(layout.groups))
+        rows = load_staging(
+            conn, starmap(validator.validate, roster_rows(records, layout)), len(layout.groups)
+        )
         return Staged(layout=layout, rows=rows)
 
     def _header(self, records: Iterator[Record], tenant: TenantConfig) -> Layout:
@@ -457,12 +460,6 @@ def _fingerprint_seed(layout: Layout, tenant: TenantConfig) -> int:
         tenant.inactive_group,
     )
     return zlib.crc32(repr(context).encode("utf-8"))
-
-
-def _validated(records: Iterator[Record], validator: RowValidator) -> Iterator[StagedRow]:
-    validate = validator.validate
-    for line, fields in records:
-        yield validate(line, fields)
 
 
 class _atomic_text:
