@@ -80,7 +80,6 @@ def import_cache(conn: Connection) -> None:
     (bounded, so peak memory stays flat however big the file is)."""
     if is_sqlite(conn):
         conn.exec_driver_sql("PRAGMA cache_size=-65536")
-        conn.exec_driver_sql("PRAGMA temp.cache_size=-32768")
         conn.commit()
 
 
