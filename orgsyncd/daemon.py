@@ -38,6 +38,7 @@ from orgsyncd.metrics import Metrics, MetricsServer
 from orgsyncd.scheduler import Scheduler
 from orgsyncd.service import Service
 
+RESCAN_MIN_AGE_S = 2.0
 log = structlog.get_logger("orgsyncd.daemon")
 
 # Below TimeoutStopSec=60 in orgsyncd.service: we finish (or give up on a job) before SIGKILL.
@@ -108,7 +109,9 @@ class Daemon:
         self.watcher = InboxWatcher(
             self._inboxes(settings),
             self.service.enqueue_file,
-            self.service.scan_inboxes,
+            # Periodic rescans leave files alone that were written in the last seconds: a local
+            # writer (not SFTP, which publishes by rename) may still be filling them.
+            lambda: self.service.scan_inboxes(min_age_s=RESCAN_MIN_AGE_S),
             settings.daemon.rescan_interval_s,
         )
         self.scheduler = Scheduler(settings, self._run_hourly, self._run_daily)
@@ -313,6 +316,7 @@ class Daemon:
         deadline = asyncio.get_running_loop().time() + self.stop_timeout_s
         log.info("shutdown_started", signal=self.exit_signal, timeout_s=self.stop_timeout_s)
         sdnotify.stopping()
+        self.service.stop_requested.set()  # a run finishes the job in hand and takes no other
         deadline_only = asyncio.Event()  # never set: only the deadline cuts these steps short
         steps: list[tuple[str, Callable[[], Awaitable[object]], asyncio.Event]] = [
             ("sftp_listener", self.sftp.stop_accepting, deadline_only),

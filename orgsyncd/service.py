@@ -6,6 +6,7 @@ import csv
 import hashlib
 import os
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -62,6 +63,7 @@ class Service:
         self.learners = LearnerStore(self.engine)
         self.runner = JobRunner(settings, self.engine, self.jobs)
         self.on_job_finished: Callable[[str, str, dict[str, int], float], None] | None = None
+        self.stop_requested = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -149,14 +151,18 @@ class Service:
             if is_input and not self.jobs.has_spool_path(str(entry)):
                 self._register(tenant, entry)
 
-    def scan_inboxes(self, tenant: str | None = None) -> list[int]:
-        """Queue every complete file found in inboxes (start-up scan and periodic rescan)."""
+    def scan_inboxes(self, tenant: str | None = None, min_age_s: float = 0.0) -> list[int]:
+        """Queue every complete file found in inboxes (start-up scan and periodic rescan); files
+        modified less than ``min_age_s`` ago are left for the next scan."""
         queued: list[int] = []
+        cutoff = time.time() - min_age_s
         for name in [tenant] if tenant else sorted(self.settings.tenants):
             inbox = self.dirs(name).inbox
             if not inbox.is_dir():
                 continue
             for entry in sorted(inbox.iterdir(), key=_mtime):
+                if min_age_s and _mtime(entry) > cutoff:
+                    continue
                 job_id = self.enqueue_file(name, entry)
                 if job_id is not None:
                     queued.append(job_id)
@@ -178,7 +184,9 @@ class Service:
         return done
 
     def _drain(self, tenant: str, include_deferred: bool) -> Iterator[JobResult]:
-        while (job := self.jobs.next_for_tenant(tenant, include_deferred)) is not None:
+        while not self.stop_requested.is_set() and (
+            job := self.jobs.next_for_tenant(tenant, include_deferred)
+        ):
             summary = self._run_guarded(job)
             if summary is None:
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,22 @@ def test_the_same_name_uploaded_again_is_a_new_job(env: Env) -> None:
     assert first is not None and second is not None and first != second
     env.service.run_due()
     assert not path.exists()
+
+
+def test_periodic_rescan_leaves_files_that_are_still_being_written(env: Env) -> None:
+    fresh = drop(env, "fresh.csv", people(1))
+    old = drop(env, "old.csv", people(1))
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    assert len(env.service.scan_inboxes(min_age_s=2.0)) == 1
+    assert [j.file_name for j in env.service.jobs.recent(tenant=env.tenant)] == ["old.csv"]
+    assert len(env.service.scan_inboxes()) == 1 and fresh.exists()
+
+
+def test_a_stop_request_ends_the_run_between_jobs(env: Env) -> None:
+    for name in ("1.csv", "2.csv"):
+        drop(env, name, roster(["primary_email_address", "work_title"], [["a@example.com", name]]))
+        env.service.scan_inboxes()
+    env.service.stop_requested.set()
+    assert env.service.run_due() == []
+    env.service.stop_requested.clear()
+    assert [r.file for r in env.service.run_due()] == ["1.csv", "2.csv"]
