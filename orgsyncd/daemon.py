@@ -392,9 +392,13 @@ def demo_sftp_command(settings: Settings, port: int) -> str | None:
     private = public.with_suffix("")
     identity = ["-i", str(private)] if private.exists() else []
     host = _client_host(settings.sftp.host)
+    # The host key is pinned on first use in a known_hosts beside the demo key: every demo data
+    # directory has its own host key, and ~/.ssh/known_hosts would refuse the next one on :2222.
+    known_hosts = public.parent / "known_hosts"
     return shlex.join(
-        ["sftp", *identity, "-P", str(port), "-o", "StrictHostKeyChecking=accept-new", f"demo@{host}"]
-    )
+        ["sftp", *identity, "-P", str(port), "-o", f"UserKnownHostsFile={known_hosts}",
+         "-o", "StrictHostKeyChecking=accept-new", f"demo@{host}"]
+    )  # fmt: skip
 
 
 def keep_restart_keys(old: Settings, new: Settings) -> Settings:

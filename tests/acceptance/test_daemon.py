@@ -342,9 +342,9 @@ def test_demo_defaults_create_a_key_and_print_a_working_sftp_command(
     assert command[-1] == "demo@127.0.0.1" and f"{sftp_port}" in command
     (tmp_path / "batch").write_text("put day.csv inbox/\n", encoding="utf-8")
     (tmp_path / "day.csv").write_text(people("hal@example.com"), encoding="utf-8")
-    # Verbatim, plus what makes it run unattended here: a batch file, no prompts, a private
-    # known_hosts (the command's accept-new writes to it) and no ~/.ssh/config.
-    hermetic = ["-F", "/dev/null", "-b", "batch", "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=kh"]
+    # Verbatim, plus what makes it run unattended here: a batch file, no prompts, no ~/.ssh/config.
+    # The command pins the host key in the demo's own known_hosts, never in ~/.ssh.
+    hermetic = ["-F", "/dev/null", "-b", "batch", "-o", "BatchMode=yes"]
     done = subprocess.run(
         [*command[:-1], *hermetic, command[-1]],
         cwd=tmp_path,
@@ -355,6 +355,7 @@ def test_demo_defaults_create_a_key_and_print_a_working_sftp_command(
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    assert (tmp_path / "var/orgsyncd/keys/known_hosts").read_text(encoding="utf-8").startswith("[127.0.0.1]")
     daemon.wait_event("job_queued", tenant="demo", file="day.csv")
 
 
