@@ -62,6 +62,34 @@ class Staged:
     rows: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Run:
+    """One attempt at one job: what every step of it needs."""
+
+    job: JobRecord
+    tenant: TenantConfig
+    dirs: TenantDirs
+    mode: str
+    started: datetime
+    source: Path
+
+
+def _request(
+    staged: Staged, tenant: TenantConfig, tenant_id: int, job_id: int, mode: str, approved: bool
+) -> PlanRequest:
+    """One request for both planning and applying, so they agree on groups and the time."""
+    return PlanRequest(
+        tenant_id=tenant_id,
+        tenant=tenant,
+        job_id=job_id,
+        mode=mode,
+        approved=approved,
+        groups=[name for _, name in staged.layout.groups],
+        has_uid="unique_user_id" in staged.layout.text,
+        now=utcnow(),
+    )
+
+
 class JobRunner:
     def __init__(self, settings: Settings, engine: Engine, jobs: JobStore) -> None:
         self.settings = settings
@@ -77,19 +105,25 @@ class JobRunner:
         tenant = self.settings.tenant(job.tenant)
         dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
         dirs.create()
-        mode = mode or mode_from_name(job.file_name) or tenant.sync_mode
+        run = _Run(
+            job=job,
+            tenant=tenant,
+            dirs=dirs,
+            mode=mode or mode_from_name(job.file_name) or tenant.sync_mode,
+            started=utcnow(),
+            source=self.input_path(job),
+        )
         with structlog.contextvars.bound_contextvars(tenant=job.tenant, job_id=job.id, file=job.file_name):
-            started = utcnow()
             if not is_roster_name(job.file_name):
-                return self._file_failed(job, dirs, mode, started, None, self._unsupported(job))
+                return self._file_failed(run, self._unsupported(job))
             earlier = self.jobs.earlier_applied(job.tenant_id, job.sha256, job.id)
             if earlier is not None:
-                return self._duplicate(job, dirs, mode, started, earlier)
-            return self._import(job, tenant, dirs, mode, started, progress)
+                return self._duplicate(run, earlier)
+            return self._import(run, progress)
 
     def dry_run(
         self, tenant_name: str, source: Path, *, mode: str, progress: Progress | None = None
-    ) -> tuple[Summary, Path | None]:
+    ) -> Summary:
         """Stage and plan in a transaction that is rolled back: what would change, changing nothing."""
         tenant = self.settings.tenant(tenant_name)
         tenant_id = self.jobs.tenant_id(tenant_name)
@@ -97,22 +131,20 @@ class JobRunner:
         summary = Summary(
             None, tenant_name, source.name, "", mode, "", received_at=started, started_at=started
         )
+        summary.extra["dry_run"] = True
         with self.engine.connect() as conn, conn.begin():
             try:
                 staged = self._stage(conn, source, tenant, progress)
             except FileRejected as exc:
                 summary.status, summary.finished_at = "failed", utcnow()
                 summary.counts["error"] = 1
-                summary.extra = {
-                    "dry_run": True,
-                    "error": {"code": exc.code, "message": exc.message},
-                }
-                return summary, None
-            plan = self._plan(conn, staged, tenant, tenant_id, 0, mode, approved=False)
-            self._fill(summary, plan, staged.layout.warnings, held=plan.held_reason)
-            summary.extra["dry_run"] = True
+                summary.extra["error"] = {"code": exc.code, "message": exc.message}
+                return summary
+            request = _request(staged, tenant, tenant_id, 0, mode, approved=False)
+            plan = Planner(conn, request).plan()
+            self._fill(summary, plan, staged.layout.warnings)
             conn.rollback()
-        return summary, None
+        return summary
 
     def finalize(self, job: JobRecord) -> None:
         """Move result files into results/ and the input into archive/. Idempotent."""
@@ -130,96 +162,57 @@ class JobRunner:
 
     # -- the import proper ------------------------------------------------------------------
 
-    def _import(
-        self,
-        job: JobRecord,
-        tenant: TenantConfig,
-        dirs: TenantDirs,
-        mode: str,
-        started: datetime,
-        progress: Progress | None,
-    ) -> Summary | None:
+    def _import(self, run: _Run, progress: Progress | None) -> Summary | None:
         clock = time.monotonic()
-        source = self.input_path(job)
         with self.engine.connect() as conn:
-            if not self._lock_tenant(conn, job.tenant_id):
+            if not self._lock_tenant(conn, run.job.tenant_id):
                 return None
             import_cache(conn)
             try:
-                outcome = self._stage_plan_apply(conn, job, tenant, dirs, mode, started, source, progress)
+                outcome = self._stage_plan_apply(conn, run, progress)
             finally:
-                self._unlock_tenant(conn, job.tenant_id)
+                self._unlock_tenant(conn, run.job.tenant_id)
         if isinstance(outcome, FileRejected):
-            return self._file_failed(job, dirs, mode, started, None, outcome)
-        summary = outcome
-        if summary is not None:
-            log.info(
-                "import_finished",
-                status=summary.status,
-                counts=summary.counts,
-                seconds=round(time.monotonic() - clock, 3),
-            )
-            self.finalize(self.jobs.get(job.id))
-        return summary
+            return self._file_failed(run, outcome)
+        if outcome is not None:
+            seconds = round(time.monotonic() - clock, 3)
+            log.info("import_finished", status=outcome.status, counts=outcome.counts, seconds=seconds)
+            self.finalize(self.jobs.get(run.job.id))
+        return outcome
 
     def _stage_plan_apply(
-        self,
-        conn: Connection,
-        job: JobRecord,
-        tenant: TenantConfig,
-        dirs: TenantDirs,
-        mode: str,
-        started: datetime,
-        source: Path,
-        progress: Progress | None,
+        self, conn: Connection, run: _Run, progress: Progress | None
     ) -> Summary | FileRejected | None:
         try:
             with conn.begin():
-                staged = self._stage(conn, source, tenant, progress)
+                staged = self._stage(conn, run.source, run.tenant, progress)
         except FileRejected as exc:
             drop_staging(conn)
             conn.commit()
             return exc
         faults.checkpoint("after_stage")
-        return self._plan_and_apply(conn, job, tenant, dirs, mode, started, staged, source)
+        return self._plan_and_apply(conn, run, staged)
 
-    def _plan_and_apply(
-        self,
-        conn: Connection,
-        job: JobRecord,
-        tenant: TenantConfig,
-        dirs: TenantDirs,
-        mode: str,
-        started: datetime,
-        staged: Staged,
-        source: Path,
-    ) -> Summary | None:
+    def _plan_and_apply(self, conn: Connection, run: _Run, staged: Staged) -> Summary | None:
+        job = run.job
+        request = _request(staged, run.tenant, job.tenant_id, job.id, run.mode, job.approved)
         conn.execution_options(sqlite_immediate=True)
         try:
             with conn.begin():
                 if not self.jobs.is_queued(conn, job.id):
                     return None  # another process applied it while we were staging
-                plan = self._plan(conn, staged, tenant, job.tenant_id, job.id, mode, job.approved)
+                plan = Planner(conn, request).plan()
                 faults.checkpoint("after_plan")
-                summary = self._summary(job, mode, started)
-                self._fill(summary, plan, staged.layout.warnings, held=plan.held_reason)
+                summary = self._summary(run)
+                self._fill(summary, plan, staged.layout.warnings)
                 if plan.held_reason is None:
-                    Applier(
-                        conn,
-                        self._request(staged, tenant, job.tenant_id, job.id, mode, job.approved),
-                    ).apply(plan.counts)
+                    Applier(conn, request).apply(plan.counts)
                 faults.checkpoint("after_apply")
-                self._write_results(dirs, job, summary, staged.layout, source, conn, plan)
-                self.jobs.finish(
+                self._write_results(run, summary, staged.layout, conn)
+                self._finish(
                     conn,
-                    job.id,
-                    status=summary.status,
-                    mode=mode,
-                    counts=summary.counts,
-                    started_at=started,
-                    finished_at=summary.finished_at,
-                    attempts=job.attempts + 1,
-                    finalized=False,
+                    run,
+                    summary,
                     error_code="threshold_exceeded" if plan.held_reason else None,
                     error_message=plan.held_reason,
                 )
@@ -251,38 +244,6 @@ class JobRunner:
         rules = HeaderRules(tenant.license_types, tenant.default_license, tenant.strict_headers)
         return analyse_header(first[1], rules)
 
-    def _plan(
-        self,
-        conn: Connection,
-        staged: Staged,
-        tenant: TenantConfig,
-        tenant_id: int,
-        job_id: int,
-        mode: str,
-        approved: bool,
-    ) -> Plan:
-        return Planner(conn, self._request(staged, tenant, tenant_id, job_id, mode, approved)).plan()
-
-    def _request(
-        self,
-        staged: Staged,
-        tenant: TenantConfig,
-        tenant_id: int,
-        job_id: int,
-        mode: str,
-        approved: bool,
-    ) -> PlanRequest:
-        return PlanRequest(
-            tenant_id=tenant_id,
-            tenant=tenant,
-            job_id=job_id,
-            mode=mode,
-            approved=approved,
-            groups=[name for _, name in staged.layout.groups],
-            has_uid="unique_user_id" in staged.layout.text,
-            now=utcnow(),
-        )
-
     def _lock_tenant(self, conn: Connection, tenant_id: int) -> bool:
         """PostgreSQL: one instance works a tenant's queue at a time (SQLite has one writer anyway)."""
         if is_sqlite(conn):
@@ -303,42 +264,33 @@ class JobRunner:
 
     # -- summaries and result files ---------------------------------------------------------
 
-    def _summary(self, job: JobRecord, mode: str, started: datetime) -> Summary:
+    def _summary(self, run: _Run) -> Summary:
+        job = run.job
         return Summary(
             job.id,
             job.tenant,
             job.file_name,
             job.sha256,
-            mode,
+            run.mode,
             "",
             received_at=job.received_at,
-            started_at=started,
+            started_at=run.started,
         )
 
-    def _fill(self, summary: Summary, plan: Plan, warnings: list[Issue], *, held: str | None) -> None:
+    def _fill(self, summary: Summary, plan: Plan, warnings: list[Issue]) -> None:
         summary.counts = empty_counts() | plan.counts
         summary.counts["warning"] = len(warnings)
-        if held:
+        if plan.held_reason:
             summary.status = "held"
-            summary.counts["error"] = summary.counts.get("error", 0)
-            summary.extra["message"] = held
+            summary.extra["message"] = plan.held_reason
         else:
             summary.status = summary_status(summary.counts, file_error=False)
         if summary.mode == "full":
-            summary.extra["deactivated_not_in_file"] = 0 if held else plan.absent
+            summary.extra["deactivated_not_in_file"] = 0 if plan.held_reason else plan.absent
         summary.finished_at = utcnow()
 
-    def _write_results(
-        self,
-        dirs: TenantDirs,
-        job: JobRecord,
-        summary: Summary,
-        layout: Layout,
-        source: Path,
-        conn: Connection,
-        plan: Plan,
-    ) -> None:
-        csv_tmp, json_tmp = self._tmp_paths(dirs, job.id)
+    def _write_results(self, run: _Run, summary: Summary, layout: Layout, conn: Connection) -> None:
+        csv_tmp, json_tmp = self._tmp_paths(run.dirs, run.job.id)
         issues = list(layout.warnings)
         if summary.status == "held":
             issues.insert(0, Issue("error", "threshold_exceeded", summary.extra["message"]))
@@ -346,53 +298,53 @@ class JobRunner:
             writer = ResultsWriter(out, layout.names)
             writer.issues(issues)
             if layout.row >= 0 or writer.drop:  # a results file uploaded again
-                records = read_records(source)
+                records = read_records(run.source)
                 next(records)  # the header
                 writer.rows(result_lines(conn), roster_rows(records, layout))
             else:
-                echoes = read_echo_records(source)
+                echoes = read_echo_records(run.source)
                 next(echoes)  # the header
                 writer.echo_rows(result_lines(conn), echoes)
         write_json(json_tmp, summary.as_dict())
 
-    def _file_failed(
-        self,
-        job: JobRecord,
-        dirs: TenantDirs,
-        mode: str,
-        started: datetime,
-        header: list[str] | None,
-        exc: FileRejected,
-    ) -> Summary:
-        summary = self._summary(job, mode, started)
+    def _file_failed(self, run: _Run, exc: FileRejected) -> Summary:
+        summary = self._summary(run)
         summary.status, summary.finished_at = "failed", utcnow()
         summary.extra["error"] = {"code": exc.code, "message": exc.message}
         log.warning("import_rejected", code=exc.code, reason=exc.message)
-        self._write_simple(dirs, job, summary, [Issue("error", exc.code, exc.message)])
-        self._record_terminal(job, summary, error_code=exc.code, error_message=exc.message)
+        self._write_simple(run.dirs, run.job, summary, [Issue("error", exc.code, exc.message)])
+        self._record_terminal(run, summary, error_code=exc.code, error_message=exc.message)
         return summary
 
-    def _duplicate(
-        self, job: JobRecord, dirs: TenantDirs, mode: str, started: datetime, earlier: int
-    ) -> Summary:
-        summary = self._summary(job, mode, started)
+    def _duplicate(self, run: _Run, earlier: int) -> Summary:
+        summary = self._summary(run)
         summary.status, summary.finished_at = "duplicate", utcnow()
-        message = f"this file is identical (sha256) to job {earlier}, which was already applied; nothing was applied again"
+        message = (
+            f"this file is identical (sha256) to job {earlier}, which was already applied; "
+            "nothing was applied again"
+        )
         summary.extra["duplicate_of"] = earlier
         log.info("import_duplicate", duplicate_of=earlier)
-        self._write_simple(dirs, job, summary, [Issue("warning", "duplicate_file", message)])
+        self._write_simple(run.dirs, run.job, summary, [Issue("warning", "duplicate_file", message)])
         self._record_terminal(
-            job, summary, duplicate_of=earlier, error_code="duplicate_file", error_message=message
+            run, summary, duplicate_of=earlier, error_code="duplicate_file", error_message=message
         )
         return summary
 
     def write_operator_outcome(self, job: JobRecord, status: str, message: str) -> None:
         """Result files for a job an operator closed (reject), then finalize it."""
-        dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
-        summary = self._summary(job, job.mode or "delta", job.started_at or utcnow())
+        run = _Run(
+            job=job,
+            tenant=self.settings.tenant(job.tenant),
+            dirs=tenant_dirs(self.settings.daemon.data_dir, job.tenant),
+            mode=job.mode or "delta",
+            started=job.started_at or utcnow(),
+            source=self.input_path(job),
+        )
+        summary = self._summary(run)
         summary.status, summary.finished_at = status, utcnow()
         summary.extra["message"] = message
-        self._write_simple(dirs, job, summary, [Issue("error", status, message)])
+        self._write_simple(run.dirs, job, summary, [Issue("error", status, message)])
         self.finalize(self.jobs.get(job.id))
 
     def _write_simple(self, dirs: TenantDirs, job: JobRecord, summary: Summary, issues: list[Issue]) -> None:
@@ -404,25 +356,29 @@ class JobRunner:
             ResultsWriter(out, None).issues(issues)
         write_json(json_tmp, summary.as_dict())
 
-    def _record_terminal(self, job: JobRecord, summary: Summary, **values: Any) -> None:
+    def _record_terminal(self, run: _Run, summary: Summary, **values: Any) -> None:
+        """A job that ends without an import (unsupported, rejected file, duplicate)."""
         with self.engine.connect() as conn:
             conn.execution_options(sqlite_immediate=True)
             with conn.begin():
-                if not self.jobs.is_queued(conn, job.id):
+                if not self.jobs.is_queued(conn, run.job.id):
                     return
-                self.jobs.finish(
-                    conn,
-                    job.id,
-                    status=summary.status,
-                    mode=summary.mode,
-                    counts=summary.counts,
-                    started_at=summary.started_at,
-                    finished_at=summary.finished_at,
-                    attempts=job.attempts + 1,
-                    finalized=False,
-                    **values,
-                )
-        self.finalize(self.jobs.get(job.id))
+                self._finish(conn, run, summary, **values)
+        self.finalize(self.jobs.get(run.job.id))
+
+    def _finish(self, conn: Connection, run: _Run, summary: Summary, **values: Any) -> None:
+        self.jobs.finish(
+            conn,
+            run.job.id,
+            status=summary.status,
+            mode=run.mode,
+            counts=summary.counts,
+            started_at=run.started,
+            finished_at=summary.finished_at,
+            attempts=run.job.attempts + 1,
+            finalized=False,
+            **values,
+        )
 
     def _tmp_paths(self, dirs: TenantDirs, job_id: int) -> tuple[Path, Path]:
         return dirs.spool / f"{job_id}.results.csv.tmp", dirs.spool / f"{job_id}.summary.json.tmp"

@@ -239,7 +239,7 @@ class Service:
             raise UsageError(f"{source} is not a readable file")
         if dry_run:
             chosen = mode or mode_from_name(source.name) or cfg.sync_mode
-            return self.runner.dry_run(tenant, source, mode=chosen, progress=progress)[0]
+            return self.runner.dry_run(tenant, source, mode=chosen, progress=progress)
         self._refuse_if_held(tenant)
         spool = self.dirs(tenant).spool / f"{uuid.uuid4().hex[:16]}{_SPOOL_SEP}{source.name}"
         spool.parent.mkdir(parents=True, exist_ok=True)

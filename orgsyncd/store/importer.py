@@ -8,7 +8,6 @@ applying run in one transaction: the caller commits it or rolls it back as a who
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -632,7 +631,3 @@ def result_lines(conn: Connection) -> Iterator[tuple[int, str, str | None, str |
     result = conn.execute(query)
     for line, outcome, code, message in result:
         yield int(line), str(outcome), code, message
-
-
-def counts_json(counts: dict[str, int]) -> str:
-    return json.dumps(counts, sort_keys=True)
