@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncssh
+import paramiko
+
 from orgsyncd.config import Settings
 from orgsyncd.core.results import Summary
 from orgsyncd.service import Service
@@ -100,3 +103,28 @@ class Env:
 
     def outcomes(self, summary: Summary) -> list[tuple[str, str, str]]:
         return [(r["row"], r["outcome"], r["code"]) for r in self.results(summary)]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Client key pairs for SFTP tests: ``<dir>/<name>`` (0600) and ``<dir>/<name>.pub``."""
+
+    dir: Path
+
+    def private(self, name: str) -> Path:
+        return self.dir / name
+
+    def public(self, name: str) -> Path:
+        return self.dir / f"{name}.pub"
+
+    def pkey(self, name: str) -> paramiko.PKey:
+        return paramiko.Ed25519Key.from_private_key_file(str(self.private(name)))
+
+
+def make_keys(directory: Path, names: Sequence[str]) -> Keys:
+    for name in names:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        key.write_private_key(directory / name)
+        (directory / name).chmod(0o600)
+        key.write_public_key(directory / f"{name}.pub")
+    return Keys(directory)

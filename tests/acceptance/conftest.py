@@ -23,11 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncssh
 import paramiko
 import pytest
 
-from tests.helpers import LIC
+from tests.helpers import LIC, Keys, make_keys
 
 T = TypeVar("T")
 WAIT_S = 10.0
@@ -62,29 +61,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 # -- keys -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Keys:
-    dir: Path
-
-    def private(self, name: str) -> Path:
-        return self.dir / name
-
-    def public(self, name: str) -> Path:
-        return self.dir / f"{name}.pub"
-
-    def pkey(self, name: str) -> paramiko.PKey:
-        return paramiko.Ed25519Key.from_private_key_file(str(self.private(name)))
-
-
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    directory = tmp_path_factory.mktemp("client-keys")
-    for name in ("acme", "globex"):
-        key = asyncssh.generate_private_key("ssh-ed25519")
-        key.write_private_key(directory / name)
-        (directory / name).chmod(0o600)
-        key.write_public_key(directory / f"{name}.pub")
-    return Keys(directory)
+    return make_keys(tmp_path_factory.mktemp("client-keys"), ("acme", "globex"))
 
 
 # -- sd_notify ------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from orgsyncd.ingest.sftp import (
 )
 from orgsyncd.ingest.tenantfs import TenantFS, Upload
 from orgsyncd.paths import VISIBLE_DIRS, staging_dir, tenant_dirs
+from tests.helpers import Keys, make_keys
 
 pytestmark = pytest.mark.skipif(shutil.which("sftp") is None, reason="needs the OpenSSH client")
 
@@ -51,29 +52,9 @@ PASSWORD = "correct horse battery staple"
 # harness
 
 
-@dataclass(frozen=True)
-class Keys:
-    dir: Path
-
-    def private(self, name: str) -> Path:
-        return self.dir / name
-
-    def public(self, name: str) -> Path:
-        return self.dir / f"{name}.pub"
-
-    def pkey(self, name: str) -> paramiko.PKey:
-        return paramiko.Ed25519Key.from_private_key_file(str(self.private(name)))
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    directory = tmp_path_factory.mktemp("keys")
-    for name in ("acme", "globex", "stranger"):
-        key = asyncssh.generate_private_key("ssh-ed25519")
-        key.write_private_key(directory / name)
-        (directory / name).chmod(0o600)
-        key.write_public_key(directory / f"{name}.pub")
-    return Keys(directory)
+    return make_keys(tmp_path_factory.mktemp("keys"), ("acme", "globex", "stranger"))
 
 
 class CountingMetrics:
