@@ -53,30 +53,9 @@ def utcnow() -> datetime:
 
 
 def _record(job: Job, tenant: str) -> JobRecord:
-    assert job.id is not None
-    return JobRecord(
-        id=job.id,
-        tenant=tenant,
-        tenant_id=job.tenant_id,
-        file_name=job.file_name,
-        spool_path=job.spool_path,
-        sha256=job.sha256,
-        size=job.size,
-        mode=job.mode,
-        status=job.status,
-        deferred=job.deferred,
-        priority=job.priority,
-        approved=job.approved,
-        finalized=job.finalized,
-        attempts=job.attempts,
-        counts=json.loads(job.counts) if job.counts else None,
-        error_code=job.error_code,
-        error_message=job.error_message,
-        duplicate_of=job.duplicate_of,
-        received_at=job.received_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
+    data = job.model_dump()
+    data["counts"] = json.loads(job.counts) if job.counts else None
+    return JobRecord(tenant=tenant, **data)
 
 
 def tenant_lock_key(tenant_id: int) -> int:
