@@ -272,3 +272,15 @@ def test_a_stop_request_ends_the_run_between_jobs(env: Env) -> None:
     assert env.service.run_due() == []
     env.service.stop_requested.clear()
     assert [r.file for r in env.service.run_due()] == ["1.csv", "2.csv"]
+
+
+def test_daily_maintenance_exports_every_tenant_and_prunes(env: Env) -> None:
+    env.run(people(3), name="base.csv")
+    stale = env.dirs.archive / "old.1.csv"
+    stale.write_text("x", encoding="utf-8")
+    os.utime(stale, (0, 0))
+    env.service.daily_maintenance()
+    [export] = list(env.dirs.exports.glob("roster-*.csv"))
+    assert [r["primary_email_address"] for r in read_csv(export)] == [f"p{i}@example.com" for i in range(3)]
+    assert not stale.exists()
+    assert (env.dirs.archive / f"base.{env.service.jobs.recent(tenant=env.tenant)[0].id}.csv").exists()
