@@ -86,6 +86,7 @@ def _request(
         approved=approved,
         groups=[name for _, name in staged.layout.groups],
         has_uid="unique_user_id" in staged.layout.text,
+        rows=staged.rows,
         now=utcnow(),
     )
 
@@ -208,7 +209,7 @@ class JobRunner:
                 if plan.held_reason is None:
                     Applier(conn, request).apply(plan.counts)
                 faults.checkpoint("after_apply")
-                self._write_results(run, summary, staged.layout, conn)
+                self._write_results(run, summary, staged, conn)
                 self._finish(
                     conn,
                     run,
@@ -289,7 +290,8 @@ class JobRunner:
             summary.extra["deactivated_not_in_file"] = 0 if plan.held_reason else plan.absent
         summary.finished_at = utcnow()
 
-    def _write_results(self, run: _Run, summary: Summary, layout: Layout, conn: Connection) -> None:
+    def _write_results(self, run: _Run, summary: Summary, staged: Staged, conn: Connection) -> None:
+        layout = staged.layout
         csv_tmp, json_tmp = self._tmp_paths(run.dirs, run.job.id)
         issues = list(layout.warnings)
         if summary.status == "held":
@@ -300,11 +302,15 @@ class JobRunner:
             if layout.row >= 0 or writer.drop:  # a results file uploaded again
                 records = read_records(run.source)
                 next(records)  # the header
-                writer.rows(result_lines(conn), roster_rows(records, layout))
+                written = writer.rows(result_lines(conn), roster_rows(records, layout))
             else:
                 echoes = read_echo_records(run.source)
                 next(echoes)  # the header
-                writer.echo_rows(result_lines(conn), echoes)
+                written = writer.echo_rows(result_lines(conn), echoes)
+        if written != staged.rows:  # the second read must see the rows the first one staged
+            raise RuntimeError(
+                f"results out of step with input: {written} rows written, {staged.rows} staged"
+            )
         write_json(json_tmp, summary.as_dict())
 
     def _file_failed(self, run: _Run, exc: FileRejected) -> Summary:

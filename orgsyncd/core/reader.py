@@ -10,6 +10,7 @@ import codecs
 import csv
 import gzip
 import io
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,44 +71,36 @@ def read_records(path: Path, progress: Callable[[int], None] | None = None) -> I
 
 
 EchoRecord = tuple[int, list[str] | None, str | None]
+# A whole record on one line: every cell unquoted without quotes, or fully quoted.
+_ONE_LINE_RECORD = re.compile(r'(?:[^",]*|"[^"]*(?:""[^"]*)*")(?:,(?:[^",]*|"[^"]*(?:""[^"]*)*"))*')
 
 
 def read_echo_records(path: Path) -> Iterator[EchoRecord]:
     """The records of an already validated file, for echoing into the results file: a record that
-    is one physical line without a quote comes back as its raw text (no CSV parsing needed to copy
-    it), any other as parsed fields. Same line numbers and blank-line rules as ``read_records``."""
+    is one physical line comes back as its raw text (no CSV parsing needed to copy it), any other
+    as parsed fields. Same line numbers and blank-line rules as ``read_records``."""
     with path.open("rb") as raw, _decompressed(path, raw) as binary:
-        lines = _Lines(io.TextIOWrapper(binary, encoding="utf-8-sig", errors="strict", newline=""))
-        for physical in lines:
-            start = lines.count
-            if '"' not in physical:
-                body = physical.rstrip("\r\n")
+        text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="strict", newline="")
+        spanned = 0  # extra physical lines taken by records that span lines
+        for count, physical in enumerate(text, 1):
+            body = physical.rstrip("\r\n")
+            if '"' not in body or ("," in body and _ONE_LINE_RECORD.fullmatch(body)):
                 if body.strip():
-                    yield start, None, body
+                    yield count + spanned, None, body
                 continue
-            fields = next(csv.reader(_chain_first(physical, lines), strict=True))
-            yield start, fields, None
+            taken = [0]
+            fields = next(csv.reader(_continued(physical, text, taken), strict=True))
+            if not (len(fields) == 1 and not fields[0].strip()):  # '""' is a blank line too
+                yield count + spanned, fields, None
+            spanned += taken[0]
 
 
-class _Lines:
-    """Physical lines with a running count, so records spanning lines keep their numbering."""
-
-    def __init__(self, text: io.TextIOWrapper) -> None:
-        self.text = text
-        self.count = 0
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self.text)
-        self.count += 1
-        return line
-
-
-def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:
+def _continued(first: str, rest: Iterator[str], taken: list[int]) -> Iterator[str]:
+    """``first``, then as many lines of ``rest`` as the CSV reader asks for, counted in ``taken``."""
     yield first
-    yield from rest
+    for line in rest:
+        taken[0] += 1
+        yield line
 
 
 def _csv_message(line: int, exc: csv.Error) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from orgsyncd.core.header import RESULT_COLUMNS, Issue
 from orgsyncd.core.reader import EchoRecord
@@ -19,7 +19,9 @@ RESULT_HEADER = ("row", "outcome", "code", "message")
 OUTCOMES = ("created", "updated", "unchanged", "deactivated", "reactivated", "error", "warning")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # One regex over the joined row is much cheaper than a check per cell, and almost never matches.
-_RAW_NEEDS_ESCAPE = re.compile("(?:^|,)[=+\\-@\t]")
+# (Starting with a literal comma lets the regex engine skip ahead; an alternation with ^ cannot.)
+_RAW_CELL_START = re.compile(',"?[=+\\-@\t]')
+_RAW_STARTS = (*_FORMULA_START, *(f'"{ch}' for ch in _FORMULA_START))
 _NEEDS_ESCAPE = re.compile("(?:^|\x1f)[=+\\-@\t\r]")
 
 Outcome = tuple[int, str, str | None, str | None]  # line, outcome, code, message
@@ -101,11 +103,10 @@ class ResultsWriter:
             self.writer.writerow(("0", issue.outcome, issue.code, issue.message))
 
     def rows(self, outcomes: Iterable[Outcome], records: Iterator[tuple[int, list[str]]]) -> int:
+        """One line per record; ``outcomes`` (in line order) may leave out unchanged rows."""
         written = 0
         drop = self.drop
-        for (line, outcome, code, message), (rec_line, fields) in zip(outcomes, records, strict=True):
-            if line != rec_line:
-                raise RuntimeError(f"results out of step with input: line {line} vs {rec_line}")
+        for (line, fields), (outcome, code, message) in _merge(outcomes, records):
             if drop:
                 fields = [v for i, v in enumerate(fields) if i not in drop]
             if _NEEDS_ESCAPE.search("\x1f".join(fields)):
@@ -115,23 +116,53 @@ class ResultsWriter:
         return written
 
     def echo_rows(self, outcomes: Iterable[Outcome], records: Iterator[EchoRecord]) -> int:
-        """Like ``rows``, but copies a plain one-line record as it is instead of re-encoding it."""
+        """Like ``rows``, but copies a record that is one physical line as it is (see
+        ``read_echo_records``) instead of re-encoding it."""
         if self.drop:
             raise ValueError("echo_rows cannot drop columns; use rows")
         written = 0
         write = self.out.write
-        for (line, outcome, code, message), (rec_line, fields, raw) in zip(outcomes, records, strict=True):
-            if line != rec_line:
-                raise RuntimeError(f"results out of step with input: line {line} vs {rec_line}")
-            if raw is not None and not _RAW_NEEDS_ESCAPE.search(raw):
+        for (line, fields, raw), (outcome, code, message) in _merge(outcomes, records):
+            if raw is not None and not _raw_needs_escape(raw):
                 write(f"{line},{outcome},{code or ''},{_csv_cell(message)},{raw}\r\n")
             else:
-                cells = fields if fields is not None else (raw or "").split(",")
+                cells = fields if fields is not None else _split_plain(raw or "")
                 if _NEEDS_ESCAPE.search("\x1f".join(cells)):
                     cells = [escape(v) for v in cells]
                 self.writer.writerow((line, outcome, code or "", message or "", *cells))
             written += 1
         return written
+
+
+_UNCHANGED = ("unchanged", None, None)
+R = TypeVar("R", bound=tuple[Any, ...])
+
+
+def _merge(
+    outcomes: Iterable[Outcome], records: Iterable[R]
+) -> Iterator[tuple[R, tuple[str, str | None, str | None]]]:
+    """Pair records (line first) with their outcomes; a record without one is unchanged. Every
+    outcome must find its record, or the results would be out of step with the input."""
+    pending = iter(outcomes)
+    due = next(pending, None)
+    for record in records:
+        if due is not None and due[0] == record[0]:
+            yield record, due[1:]
+            due = next(pending, None)
+        else:
+            yield record, _UNCHANGED
+    if due is not None:
+        raise RuntimeError(f"results out of step with input: no input row for line {due[0]}")
+
+
+def _raw_needs_escape(raw: str) -> bool:
+    # A cell starts the line or follows a comma, quoted or not; a false alarm only costs the slow path.
+    return raw.startswith(_RAW_STARTS) or _RAW_CELL_START.search(raw) is not None
+
+
+def _split_plain(raw: str) -> list[str]:
+    """Cells of a one-line record (quoted cells unquoted), for the rare line that needs escaping."""
+    return next(csv.reader([raw], strict=True))
 
 
 def _csv_cell(value: str | None) -> str:

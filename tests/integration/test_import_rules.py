@@ -86,6 +86,43 @@ def test_duplicate_in_file_first_occurrence_wins(env: Env) -> None:
     assert env.learner("a@example.com").first_name == "First"
 
 
+def test_a_repeated_unchanged_row_is_still_a_duplicate(env: Env) -> None:
+    """Unchanged rows are settled early on a re-import; a second copy must still be refused."""
+    header = ["primary_email_address", "preferred_first_name"]
+    env.run(roster(header, [["a@example.com", "A"], ["b@example.com", "B"]]))
+    for mode in ("delta", "full"):
+        again = env.run(
+            roster(header, [["a@example.com", "A"], ["b@example.com", "B"], ["a@example.com", "A"]])
+            + ("\n" if mode == "full" else ""),  # other bytes: not skipped as the same file
+            mode=mode,
+        )
+        assert env.outcomes(again) == [
+            ("2", "unchanged", ""),
+            ("3", "unchanged", ""),
+            ("4", "error", "duplicate_in_file"),
+        ]
+        assert again.counts["unchanged"] == 2 and again.counts["error"] == 1
+        assert again.extra.get("deactivated_not_in_file", 0) == 0
+
+
+def test_an_unchanged_row_reaching_a_learner_already_reached_by_email_is_a_duplicate(env: Env) -> None:
+    header = ["unique_user_id", "primary_email_address", "preferred_first_name"]
+    env.run(roster(header, [["U1", "a@example.com", "A"], ["U2", "b@example.com", "B"]]))
+    # Line 2 has no uid and reaches U1 by email; line 3 is U1's own row, unchanged, and comes later.
+    again = env.run(
+        roster(
+            header, [["", "a@example.com", "A"], ["U1", "a@example.com", "A"], ["U2", "b@example.com", "B"]]
+        )
+    )
+    assert env.outcomes(again) == [
+        ("2", "unchanged", ""),
+        ("3", "error", "duplicate_in_file"),
+        ("4", "unchanged", ""),
+    ]
+    assert "line 2" in env.results(again)[1]["message"]
+    assert again.counts["unchanged"] == 2 and again.counts["error"] == 1
+
+
 def test_uid_changes_email_and_adopts_learner_without_uid(env: Env) -> None:
     env.run(roster(["primary_email_address"], [["old@example.com"], ["plain@example.com"]]))
     header = ["unique_user_id", "primary_email_address"]

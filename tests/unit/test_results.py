@@ -101,12 +101,11 @@ def test_reuploaded_echo_of_a_raw_value_imports_the_same(raw: str) -> None:
 # -- ResultsWriter ---------------------------------------------------------------------------
 
 
-def written(header: list[str] | None, issues=(), outcomes=(), records=()) -> list[list[str]]:
+def written(header: list[str] | None, issues=(), outcomes=(), records=(), count=None) -> list[list[str]]:
     out = io.StringIO(newline="")
     writer = ResultsWriter(out, header)
     writer.issues(issues)
-    count = writer.rows(outcomes, iter(records))
-    assert count == len(outcomes)
+    assert writer.rows(outcomes, iter(records)) == (len(outcomes) if count is None else count)
     text = out.getvalue()
     assert text.endswith("\r\n")
     return parse(text)
@@ -175,14 +174,25 @@ def test_header_none_writes_only_the_results_columns() -> None:
 
 def test_rows_out_of_step_with_the_input_are_refused() -> None:
     writer = ResultsWriter(io.StringIO(), ["primary_email_address"])
-    with pytest.raises(RuntimeError, match="line 2 vs 3"):
+    with pytest.raises(RuntimeError, match="no input row for line 2"):
         writer.rows([(2, "created", None, None)], iter([(3, ["a@x.com"])]))
 
 
 def test_fewer_records_than_outcomes_is_refused() -> None:
     writer = ResultsWriter(io.StringIO(), ["primary_email_address"])
-    with pytest.raises(ValueError):
+    with pytest.raises(RuntimeError, match="no input row for line 3"):
         writer.rows([(2, "created", None, None), (3, "created", None, None)], iter([(2, ["a"])]))
+
+
+def test_records_without_an_outcome_are_unchanged() -> None:
+    """The plan lists only rows that are not unchanged; the writer fills in the rest."""
+    outcomes = [(3, "updated", None, None)]
+    records = [(2, ["a@x.com"]), (3, ["b@x.com"]), (5, ["c@x.com"])]
+    assert written(["primary_email_address"], outcomes=outcomes, records=records, count=3)[1:] == [
+        ["2", "unchanged", "", "", "a@x.com"],
+        ["3", "updated", "", "", "b@x.com"],
+        ["5", "unchanged", "", "", "c@x.com"],
+    ]
 
 
 def test_results_file_with_warnings_uploads_again_without_new_errors(tmp_path: Path) -> None:
@@ -320,7 +330,8 @@ def test_write_json(tmp_path: Path) -> None:
 
 
 def test_echo_fast_path_matches_the_csv_path(tmp_path: Path) -> None:
-    """Copying plain lines verbatim must give byte-for-byte the file the CSV writer would."""
+    """Copying one-line records verbatim must give the values the CSV writer would, with the same
+    escaping, and keep plain lines byte for byte."""
     from orgsyncd.core.reader import read_echo_records
 
     text = (
@@ -330,19 +341,33 @@ def test_echo_fast_path_matches_the_csv_path(tmp_path: Path) -> None:
         "\r\n"
         "c@x.com,=SUM(1),1\r\n"
         "d@x.com,-5,\r\n"
-        "e@x.com,plain,0\r\n"
+        'e@x.com,"Lead, ""QA""",0\r\n'
+        '"f@x.com","=1+1",1\r\n'
+        '""\r\n'
+        'g@x.com,a"b,1\r\n'
+        '"=h@x.com",x,1\r\n'
     )
     path = tmp_path / "r.csv"
     path.write_text(text, encoding="utf-8", newline="")
     header = ["primary_email_address", "work_title", "group/A"]
     outcomes = [(2, "created", None, None), (3, "error", "invalid_value", 'x "y", z'), (6, "created", None, None),
-                (7, "updated", None, None), (8, "unchanged", None, None)]  # fmt: skip
+                (8, "updated", None, None), (11, "error", "invalid_email", "no")]  # fmt: skip
     slow, fast = io.StringIO(newline=""), io.StringIO(newline="")
     records = read_records(path)
     next(records)
-    ResultsWriter(slow, header).rows(outcomes, records)
+    assert ResultsWriter(slow, header).rows(outcomes, records) == 8
     echoes = read_echo_records(path)
     next(echoes)
-    ResultsWriter(fast, header).echo_rows(outcomes, echoes)
-    assert fast.getvalue() == slow.getvalue()
-    assert "'=SUM(1)" in fast.getvalue() and "'-5" in fast.getvalue()
+    assert ResultsWriter(fast, header).echo_rows(outcomes, echoes) == 8
+    assert parse(fast.getvalue()) == parse(slow.getvalue())
+    lines = fast.getvalue().split("\r\n")
+    assert "2,created,,,a@x.com,Dev,1" in lines
+    assert '8,updated,,,e@x.com,"Lead, ""QA""",0' in lines  # quoted, one line: copied as it is
+    assert [row[:2] for row in parse(fast.getvalue())[1:]] == [
+        ["2", "created"], ["3", "error"], ["6", "created"], ["7", "unchanged"], ["8", "updated"],
+        ["9", "unchanged"], ["11", "error"], ["12", "unchanged"],
+    ]  # fmt: skip
+    values = [row[4:] for row in parse(fast.getvalue())[1:]]
+    assert ["c@x.com", "'=SUM(1)", "1"] in values and ["d@x.com", "'-5", ""] in values
+    assert ["f@x.com", "'=1+1", "1"] in values and ["'=h@x.com", "x", "1"] in values
+    assert ["g@x.com", 'a"b', "1"] in values
