@@ -1,8 +1,10 @@
-"""Row validation: one input record -> one staged tuple, with a row error code when it is invalid.
+"""Row validation: one input record -> one staged tuple, or a ``Rejected`` row with its error code.
 
 The tuple is what the store bulk-loads into its staging table (see ``STAGE_FIXED`` for the order);
 checks that need other rows or the database (duplicates, email_taken, no_seats) happen there.
-Hot path: a million calls per big file, so it stays flat and allocation-light.
+Hot path: a million calls per big file, so it stays flat and allocation-light. Valid rows carry no
+error columns and say "no licence turned off" with "" rather than None, because the bulk insert
+binds every None through a slow adapter lookup.
 """
 
 from __future__ import annotations
@@ -11,26 +13,14 @@ import operator
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from orgsyncd.core.emails import normalize_email
 from orgsyncd.core.header import FIRST, LAST, TITLE, UID, Layout
 from orgsyncd.core.reader import Record
 
-# line, err, msg, ukey, uid, email, first, last, title, lic_on, lic_off, fp, then one flag per group
-STAGE_FIXED = (
-    "line",
-    "err",
-    "msg",
-    "ukey",
-    "uid",
-    "email",
-    "first",
-    "last",
-    "title",
-    "lic_on",
-    "lic_off",
-    "fp",
-)
+# A valid row: these, then one flag per group. lic_off is "|a|b|" or "".
+STAGE_FIXED = ("line", "uid", "email", "first", "last", "title", "lic_on", "lic_off", "fp")
 MAX_EMAIL = 320
 MAX_VALUE = 255
 _FORMULA_START = frozenset("=+-@\t\r")
@@ -39,6 +29,17 @@ _FALSE = frozenset({"false", "no", "0"})
 _BAD = object()
 
 StagedRow = tuple[object, ...]
+
+
+class Rejected(NamedTuple):
+    """A row with a row error. Its identity (uid, else email) still goes in, so a full import
+    does not deactivate a learner over a typo."""
+
+    line: int
+    err: str
+    msg: str
+    uid: str | None
+    email: str | None
 
 
 def _picker(indexes: list[int]) -> Callable[[Sequence[str]], Sequence[str]]:
@@ -102,35 +103,19 @@ class RowValidator:
         self.flag_map[""] = None if blank is not _BAD else _BAD  # type: ignore[assignment]
         group_blank = {"unchanged": None, "clear": 0, "error": _BAD}[rules.blank_means]
         self.group_map: dict[str, object] = {"1": 1, "0": 0, "": group_blank}
-        self.empty_groups: tuple[None, ...] = (None,) * len(self.groups)
 
-    def validate(self, line: int, fields: Sequence[str]) -> StagedRow:
+    def validate(self, line: int, fields: Sequence[str]) -> StagedRow | Rejected:
         if len(fields) != self.width:
-            return self._failed(line, None, "field_count", self._count_message(len(fields)))
+            return Rejected(line, "field_count", self._count_message(len(fields)), None, None)
         try:
             email = self._email(fields[self.email_at])
             uid, first, last, title = self._texts(fields)
             lic_on, lic_off = self._licenses(fields)
             groups = self._group_flags(fields)
         except RowError as exc:
-            return self._failed(line, self._fallback_key(fields), exc.code, exc.message)
-        key = "u:" + uid if uid else "e:" + email
+            return self._failed(line, fields, exc)
         fp = self.fingerprint(fields)
-        return (
-            line,
-            None,
-            None,
-            key,
-            uid or None,
-            email,
-            first,
-            last,
-            title,
-            lic_on,
-            lic_off,
-            fp,
-            *groups,
-        )
+        return (line, uid or None, email, first, last, title, lic_on, lic_off, fp, *groups)
 
     def _group_flags(self, fields: Sequence[str]) -> list[object]:
         flag = self.group_map.get
@@ -146,25 +131,12 @@ class RowValidator:
         value = (zlib.crc32(data, self.seed) << 32) | zlib.adler32(data, 1)
         return value - (1 << 64) if value >= (1 << 63) else value
 
-    def _failed(self, line: int, key: str | None, code: str, message: str) -> StagedRow:
-        # The identity still goes in, so the row counts as present in a full import.
-        uid = key[2:] if key and key[0] == "u" else None
-        email = key[2:] if key and key[0] == "e" else None
-        return (
-            line,
-            code,
-            message,
-            key,
-            uid,
-            email,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            *self.empty_groups,
-        )
+    def _failed(self, line: int, fields: Sequence[str], exc: RowError) -> Rejected:
+        uid = clean(fields[self.uid_at]) if self.uid_at >= 0 else ""
+        if uid:
+            return Rejected(line, exc.code, exc.message, uid, None)
+        raw = clean(fields[self.email_at])
+        return Rejected(line, exc.code, exc.message, None, (normalize_email(raw) if raw else None) or None)
 
     def _count_message(self, got: int) -> str:
         return f"the row has {got} field{'s' if got != 1 else ''}, the header has {self.width}"
@@ -235,7 +207,7 @@ class RowValidator:
                 "multiple_active_licenses",
                 f"{len(on)} licenses are active in this row ({', '.join(on)}); a learner holds one",
             )
-        return (on[0] if on else None), ("|" + "|".join(off) + "|" if off else None)
+        return (on[0] if on else None), ("|" + "|".join(off) + "|" if off else "")
 
     def _value_problem(self, fields: Sequence[str], at: int, hint: str) -> RowError:
         value = fields[at].strip()
@@ -247,15 +219,6 @@ class RowValidator:
         for at in self.groups:
             if self.group_map.get(fields[at].strip(), _BAD) is _BAD:
                 raise self._value_problem(fields, at, "use 1 (member) or 0 (not a member)")
-
-    def _fallback_key(self, fields: Sequence[str]) -> str | None:
-        """Identity of an invalid row, so a full import does not deactivate a learner over a typo."""
-        uid = clean(fields[self.uid_at]) if self.uid_at >= 0 else ""
-        if uid:
-            return "u:" + uid
-        raw = clean(fields[self.email_at])
-        email = normalize_email(raw) if raw else None
-        return "e:" + email if email else None
 
 
 def roster_rows(records: Iterator[Record], layout: Layout) -> Iterator[Record]:

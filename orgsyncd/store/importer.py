@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from orgsyncd.config import TenantConfig
-from orgsyncd.core.rows import STAGE_FIXED, StagedRow
+from orgsyncd.core.rows import STAGE_FIXED, Rejected, StagedRow
 
 BATCH = 20_000
 _TEXT_FIELDS = (("first", "first_name"), ("last", "last_name"), ("title", "title"))
@@ -42,7 +42,7 @@ class PlanRequest:
 class Plan:
     counts: dict[str, int] = field(default_factory=dict)
     absent: int = 0  # learners deactivated because a full file left them out
-    licensed: int = 0
+    licensed: int = 0  # counted only when a full import deactivates anyone
     deactivations: int = 0
     held_reason: str | None = None
 
@@ -78,37 +78,55 @@ def staging_columns(group_count: int) -> list[str]:
     return [*STAGE_FIXED, *(f"g{i}" for i in range(group_count))]
 
 
+def ukey(table: str) -> str:
+    """A row's identity within the file: its uid, else its email (a rejected row has one of them
+    or neither). Two rows with the same key are the same learner."""
+    return f"COALESCE('u:' || {table}.uid, 'e:' || {table}.email)"
+
+
 def create_staging(conn: Connection, group_count: int) -> None:
     sql = Sql(conn)
     sql.run("DROP TABLE IF EXISTS stg")
     groups = "".join(f", g{i} INTEGER" for i in range(group_count))
     sql.run(
-        "CREATE TEMPORARY TABLE stg (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, ukey TEXT, "
+        "CREATE TEMPORARY TABLE stg (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, "
         "uid TEXT, email TEXT, first TEXT, last TEXT, title TEXT, lic_on TEXT, lic_off TEXT, "
         f"fp BIGINT{groups})"
     )
 
 
-def load_staging(conn: Connection, rows: Iterable[StagedRow], group_count: int) -> int:
+def load_staging(conn: Connection, rows: Iterable[StagedRow | Rejected], group_count: int) -> int:
     """Bulk-load validated rows; returns how many."""
     columns = staging_columns(group_count)
     if conn.dialect.name == "postgresql":
         return _copy_pg(conn, rows, columns)
-    insert = f"INSERT INTO stg ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    valid = f"INSERT INTO stg ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    rejected = f"INSERT INTO stg ({', '.join(Rejected._fields)}) VALUES (?, ?, ?, ?, ?)"
     total = 0
     iterator = iter(rows)
     while batch := list(islice(iterator, BATCH)):
-        conn.exec_driver_sql(insert, batch)
         total += len(batch)
+        errors = [row for row in batch if type(row) is Rejected]
+        if errors:
+            conn.exec_driver_sql(rejected, errors)
+            batch = [row for row in batch if type(row) is not Rejected]
+        if batch:
+            conn.exec_driver_sql(valid, batch)
     return total
 
 
-def _copy_pg(conn: Connection, rows: Iterable[StagedRow], columns: list[str]) -> int:
+def _copy_pg(conn: Connection, rows: Iterable[StagedRow | Rejected], columns: list[str]) -> int:
     raw = conn.connection.driver_connection
     total = 0
-    with raw.cursor() as cur, cur.copy(f"COPY stg ({', '.join(columns)}) FROM STDIN") as copy:  # type: ignore[union-attr]
+    no_error = (None, None)
+    blanks = (None,) * (len(columns) - 3)
+    copy_sql = f"COPY stg ({', '.join(columns)}, err, msg) FROM STDIN"
+    with raw.cursor() as cur, cur.copy(copy_sql) as copy:  # type: ignore[union-attr]
         for row in rows:
-            copy.write_row(row)
+            if type(row) is Rejected:
+                copy.write_row((row.line, row.uid, row.email, *blanks, row.err, row.msg))
+            else:
+                copy.write_row(row + no_error)
             total += 1
     return total
 
@@ -160,7 +178,7 @@ class Planner:
         gcols = "".join(f", g{i} INTEGER, d{i} INTEGER" for i in groups)
         self.sql.run("DROP TABLE IF EXISTS pl")
         self.sql.run(
-            "CREATE TEMPORARY TABLE pl (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, ukey TEXT, "
+            "CREATE TEMPORARY TABLE pl (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, "
             f"uid TEXT, email TEXT, lic_on TEXT, fp BIGINT{gcols}, lid BIGINT, is_new INTEGER, adopt INTEGER, "
             "echg INTEGER, cur_lic TEXT, cur_status TEXT, rel INTEGER, act INTEGER, chg INTEGER, "
             "n_email TEXT, n_uid TEXT, n_first TEXT, n_last TEXT, n_title TEXT, n_status TEXT, "
@@ -208,9 +226,9 @@ class Planner:
         gcols = "".join(f", g{i}, d{i}" for i in groups)
         gvals = "".join(f", s.g{i}, 0" for i in groups)
         self.sql.run(
-            f"INSERT INTO pl (line, ukey, uid, email, lic_on, fp{gcols}, lid, is_new, adopt, echg, rel, "
+            f"INSERT INTO pl (line, uid, email, lic_on, fp{gcols}, lid, is_new, adopt, echg, rel, "
             "act, chg, outcome) "
-            f"SELECT s.line, s.ukey, s.uid, s.email, s.lic_on, s.fp{gvals}, mm.lid, 0, 0, 0, 0, 0, 0, "
+            f"SELECT s.line, s.uid, s.email, s.lic_on, s.fp{gvals}, mm.lid, 0, 0, 0, 0, 0, 0, "
             f"'unchanged' FROM mm JOIN stg s ON s.line = mm.line WHERE mm.same = 1 AND {key} IN "
             "(SELECT k FROM dk) AND s.line NOT IN (SELECT line FROM pl)"
         )
@@ -227,14 +245,14 @@ class Planner:
         any_group = "".join(f" OR x.d{i} <> 0" for i in groups)
         new_id = "nextval(pg_get_serial_sequence('learner', 'id'))" if self.sql.pg else ":base + m.line"
         needle = "'|' || l.license_type || '|'"
-        off = f"(m.lic_off IS NOT NULL AND {self.sql.instr('m.lic_off', needle)} > 0)"
+        off = f"({self.sql.instr('m.lic_off', needle)} > 0)"
         ok = "(m.err IS NULL AND m.taken = 0)"
         live = f"({ok} AND m.same = 0)"
         values = ", ".join(f"{_new_value(col, db_col)} AS n_{col}" for col, db_col in _TEXT_FIELDS)
         return f"""
 WITH m AS ({matched}),
 x AS (
-  SELECT m.line, m.ukey, m.uid, m.email, m.lic_on, m.fp, m.same,
+  SELECT m.line, m.uid, m.email, m.lic_on, m.fp, m.same,
     CASE WHEN m.err IS NOT NULL THEN m.err WHEN m.taken = 1 THEN 'email_taken' END AS err,
     CASE WHEN m.err IS NOT NULL THEN m.msg WHEN m.taken = 1
       THEN 'email ' || m.email || ' already belongs to another learner' END AS msg,
@@ -250,10 +268,10 @@ x AS (
     m.email AS n_email, COALESCE(m.uid, l.uid) AS n_uid, {values}{x_groups}
   FROM m LEFT JOIN learner l ON l.id = m.lid AND m.same = 0
 )
-INSERT INTO pl (line, err, msg, ukey, uid, email, lic_on, fp{"".join(f", g{i}, d{i}" for i in groups)},
+INSERT INTO pl (line, err, msg, uid, email, lic_on, fp{"".join(f", g{i}, d{i}" for i in groups)},
   lid, is_new, adopt, echg, cur_lic, cur_status, rel, act, chg, n_email, n_uid, n_first, n_last,
   n_title, n_status, n_lic, outcome, note, note_msg)
-SELECT x.line, x.err, x.msg, x.ukey, x.uid, x.email, x.lic_on, x.fp
+SELECT x.line, x.err, x.msg, x.uid, x.email, x.lic_on, x.fp
   {"".join(f", x.g{i}, x.d{i}" for i in groups)},
   x.lid, x.is_new, x.adopt, x.echg, x.cur_lic, x.cur_status, x.rel, x.act, x.chg,
   x.n_email, x.n_uid, x.n_first, x.n_last, x.n_title,
@@ -305,8 +323,8 @@ FROM x"""
     def _mark(self, code: str, message_sql: str, groups_sql: str, key: str, promote: str | None) -> None:
         """Mark every row after the first of each group ``(k, first_line)`` of ``groups_sql``.
 
-        ``promote`` is the column (of ``mm``/``stg``) that holds ``key`` for unchanged rows, or None
-        when unchanged rows cannot be in such a group."""
+        ``key`` is the group key of a ``pl`` row; ``promote`` the same of an unchanged row (over
+        ``mm`` and ``stg s``), or None when unchanged rows cannot be in such a group."""
         self.sql.run("DROP TABLE IF EXISTS dk")
         self.sql.run(f"CREATE TEMPORARY TABLE dk AS {groups_sql}")
         if self.sql.scalar("SELECT 1 FROM dk LIMIT 1") is None:
@@ -316,17 +334,20 @@ FROM x"""
         self.sql.run(
             f"UPDATE pl SET err = '{code}', outcome = 'error', note = NULL, note_msg = NULL, "
             f"msg = {message_sql} FROM dk d "
-            f"WHERE pl.{key} = d.k AND pl.line > d.first_line AND pl.err IS NULL"
+            f"WHERE {key} = d.k AND pl.line > d.first_line AND pl.err IS NULL"
         )
 
     def _duplicates(self) -> None:
         self._mark(
             "duplicate_in_file",
             "'the same learner is already on line ' || d.first_line || '; the first occurrence wins'",
-            "SELECT ukey AS k, MIN(line) AS first_line FROM stg WHERE ukey IS NOT NULL "
-            "GROUP BY ukey HAVING COUNT(*) > 1",
-            "ukey",
-            promote="s.ukey",
+            # Grouping by the plain columns lets SQLite sort stored values, not a million new strings.
+            "SELECT 'u:' || uid AS k, MIN(line) AS first_line FROM stg WHERE uid IS NOT NULL "
+            "GROUP BY uid HAVING COUNT(*) > 1 UNION ALL "
+            "SELECT 'e:' || email, MIN(line) FROM stg WHERE uid IS NULL AND email IS NOT NULL "
+            "GROUP BY email HAVING COUNT(*) > 1",
+            ukey("pl"),
+            promote=ukey("s"),
         )
 
     def _email_clashes_in_file(self) -> None:
@@ -337,29 +358,25 @@ FROM x"""
             "'email ' || pl.email || ' is already used on line ' || d.first_line || ' by another learner'",
             "SELECT email AS k, MIN(line) AS first_line FROM pl WHERE err IS NULL AND echg = 1 "
             "GROUP BY email HAVING COUNT(*) > 1",
-            "email",
+            "pl.email",
             promote=None,
         )
 
     def _same_learner_twice(self) -> None:
         # A row without uid can reach, by email, the learner another row reached by uid.
-        if self.slim:  # mm has every row's learner (lid NULL: a new one)
-            groups = (
-                "SELECT lid AS k, MIN(line) AS first_line FROM mm WHERE lid IN (SELECT mm.lid FROM mm "
-                "JOIN stg s ON s.line = mm.line WHERE s.uid IS NULL AND mm.lid IS NOT NULL) "
-                "GROUP BY lid HAVING COUNT(*) > 1"
-            )
-        else:
-            groups = (
-                "SELECT lid AS k, MIN(line) AS first_line FROM pl WHERE is_new = 0 AND lid IN "
-                "(SELECT lid FROM pl WHERE uid IS NULL AND is_new = 0 AND lid IS NOT NULL) "
-                "GROUP BY lid HAVING COUNT(*) > 1"
-            )
+        if not self.slim:  # the tenant had no learners: every row makes a new one
+            return
+        # mm has every row's learner (lid NULL: a new one)
+        groups = (
+            "SELECT lid AS k, MIN(line) AS first_line FROM mm WHERE lid IN (SELECT mm.lid FROM mm "
+            "JOIN stg s ON s.line = mm.line WHERE s.uid IS NULL AND mm.lid IS NOT NULL) "
+            "GROUP BY lid HAVING COUNT(*) > 1"
+        )
         self._mark(
             "duplicate_in_file",
             "'the same learner is already on line ' || d.first_line || '; the first occurrence wins'",
             groups,
-            "lid",
+            "pl.lid",
             promote="mm.lid",
         )
 
@@ -423,12 +440,6 @@ FROM x"""
             plan.counts["unchanged"] = plan.counts.get("unchanged", 0) + left_out
         if self.req.mode == "full":
             plan.absent = int(self.sql.scalar("SELECT COUNT(*) FROM absent"))
-        plan.licensed = int(
-            self.sql.scalar(
-                "SELECT COUNT(*) FROM learner WHERE tenant_id = :t AND license_type IS NOT NULL",
-                self.p,
-            )
-        )
         plan.deactivations = plan.counts.get("deactivated", 0) + absent_licensed
         plan.held_reason = self._threshold(plan)
         return plan
@@ -437,6 +448,13 @@ FROM x"""
         cfg = self.req.tenant
         if self.req.mode != "full" or self.req.approved or plan.deactivations == 0:
             return None
+        # Counted only here: a scan of the tenant's licences, which most jobs never need.
+        plan.licensed = int(
+            self.sql.scalar(
+                "SELECT COUNT(*) FROM learner WHERE tenant_id = :t AND license_type IS NOT NULL",
+                self.p,
+            )
+        )
         over_ratio = plan.deactivations > cfg.max_deactivation_ratio * plan.licensed
         over_count = cfg.max_deactivations is not None and plan.deactivations > cfg.max_deactivations
         if not (over_ratio or over_count):
@@ -488,6 +506,10 @@ class Applier:
 
     def apply(self, counts: dict[str, int]) -> None:
         self.src = self._source(counts)
+        # Statements about rows of a kind the plan has none of are skipped: on a first import
+        # nothing is updated, and each of them would still scan the whole plan.
+        self.touches_existing = any(counts.get(o, 0) for o in ("updated", "deactivated", "reactivated"))
+        self.creates = counts.get("created", 0) > 0
         full = self.req.mode == "full"
         group_ids = self._ensure_groups()
         inactive = self._inactive_group_id()
@@ -547,16 +569,19 @@ class Applier:
             ]
         )
         insert = "INSERT INTO audit_event (job_id, learner_id, action, before, after, at) "
-        self.sql.run(
-            f"{insert} SELECT :job, s.lid, s.outcome, {before}, {after}, :now FROM {self.src} s "
-            f"JOIN learner l ON l.id = s.lid WHERE s.outcome IN {_APPLIED}",
-            self.p,
-        )
-        self.sql.run(
-            f"{insert} SELECT :job, s.lid, 'created', NULL, {created}, :now FROM {self.src} s "
-            "WHERE s.outcome = 'created'",
-            self.p,
-        )
+        if self.touches_existing:
+            self.sql.run(
+                f"{insert} SELECT :job, s.lid, s.outcome, {before}, {after}, :now FROM {self.src} s "
+                f"JOIN learner l ON l.id = s.lid WHERE s.outcome IN {_APPLIED}",
+                self.p,
+            )
+            self._audit_groups()
+        if self.creates:
+            self.sql.run(
+                f"{insert} SELECT :job, s.lid, 'created', NULL, {created}, :now FROM {self.src} s "
+                "WHERE s.outcome = 'created'",
+                self.p,
+            )
         if full:
             gone_before = self.sql.json_object([("status", "a.cur_status"), ("license", "a.cur_lic")])
             gone_after = self.sql.json_object(
@@ -567,7 +592,6 @@ class Applier:
                 "FROM absent a",
                 self.p,
             )
-        self._audit_groups()
 
     def _audit_groups(self) -> None:
         insert = "INSERT INTO audit_event (job_id, learner_id, action, before, after, at) "
@@ -582,29 +606,32 @@ class Applier:
 
     def _release_licences(self, full: bool) -> None:
         end = "UPDATE license_assignment SET ended_at = :now, ended_job_id = :job WHERE ended_at IS NULL "
-        self.sql.run(
-            f"{end} AND learner_id IN (SELECT lid FROM {self.src} WHERE outcome <> 'error' AND rel = 1)",
-            self.p,
-        )
+        if self.touches_existing:
+            self.sql.run(
+                f"{end} AND learner_id IN (SELECT lid FROM {self.src} WHERE outcome <> 'error' AND rel = 1)",
+                self.p,
+            )
         if full:
             self.sql.run(f"{end} AND learner_id IN (SELECT lid FROM absent)", self.p)
 
     def _update_learners(self, full: bool) -> None:
         # Indexed columns are set only where they change: rewriting an index entry with the same
         # value still dirties its page, and a nightly file mostly changes titles and groups.
-        rows = f"FROM {self.src} s WHERE learner.id = s.lid AND s.outcome IN {_APPLIED}"
-        self.sql.run(
-            "UPDATE learner SET first_name = s.n_first, last_name = s.n_last, title = s.n_title, "
-            f"status = s.n_status, fp = s.fp, updated_job_id = :job, updated_at = :now {rows}",
-            self.p,
-        )
-        self.sql.run(
-            f"UPDATE learner SET email = s.n_email, uid = s.n_uid {rows} "
-            "AND (learner.email <> s.n_email OR learner.uid IS DISTINCT FROM s.n_uid)"
-        )
-        self.sql.run(
-            f"UPDATE learner SET license_type = s.n_lic {rows} AND learner.license_type IS DISTINCT FROM s.n_lic"
-        )
+        if self.touches_existing:
+            rows = f"FROM {self.src} s WHERE learner.id = s.lid AND s.outcome IN {_APPLIED}"
+            self.sql.run(
+                "UPDATE learner SET first_name = s.n_first, last_name = s.n_last, title = s.n_title, "
+                f"status = s.n_status, fp = s.fp, updated_job_id = :job, updated_at = :now {rows}",
+                self.p,
+            )
+            self.sql.run(
+                f"UPDATE learner SET email = s.n_email, uid = s.n_uid {rows} "
+                "AND (learner.email <> s.n_email OR learner.uid IS DISTINCT FROM s.n_uid)"
+            )
+            self.sql.run(
+                f"UPDATE learner SET license_type = s.n_lic {rows} "
+                "AND learner.license_type IS DISTINCT FROM s.n_lic"
+            )
         if full:
             self.sql.run(
                 "UPDATE learner SET status = 'deactivated', license_type = NULL, fp = NULL, "
@@ -613,6 +640,8 @@ class Applier:
             )
 
     def _insert_learners(self) -> None:
+        if not self.creates:
+            return
         self.sql.run(
             "INSERT INTO learner (id, tenant_id, uid, email, first_name, last_name, title, status, "
             "license_type, fp, created_job_id, updated_job_id, created_at, updated_at) "
@@ -639,11 +668,12 @@ class Applier:
                 f"WHERE {eligible} AND d{i} = 1 ON CONFLICT DO NOTHING",
                 params,
             )
-            self.sql.run(
-                "DELETE FROM membership WHERE group_id = :gid AND learner_id IN "
-                f"(SELECT lid FROM {self.src} WHERE {eligible} AND d{i} = -1)",
-                params,
-            )
+            if self.touches_existing:  # only a learner that exists can leave a group
+                self.sql.run(
+                    "DELETE FROM membership WHERE group_id = :gid AND learner_id IN "
+                    f"(SELECT lid FROM {self.src} WHERE {eligible} AND d{i} = -1)",
+                    params,
+                )
 
     def _move_to_inactive(self, inactive: int, full: bool) -> None:
         gone = f"SELECT lid FROM {self.src} WHERE outcome = 'deactivated'"

@@ -11,6 +11,7 @@ from orgsyncd.core.rows import (
     MAX_EMAIL,
     MAX_VALUE,
     STAGE_FIXED,
+    Rejected,
     RowRules,
     RowValidator,
     clean,
@@ -41,11 +42,14 @@ def validator(header: list[str] = HEADER, blank: str = "unchanged") -> RowValida
 def staged(
     fields: list[str], header: list[str] = HEADER, blank: str = "unchanged", line: int = 7
 ) -> dict[str, Any]:
-    """The staged tuple as a dict; group flags under 'groups'."""
+    """The staged row as a dict: a valid row's columns, err/msg None and its group flags under
+    'groups'; or a rejected row's fields."""
     row = validator(header, blank).validate(line, fields)
+    if isinstance(row, Rejected):
+        return row._asdict()
     n = len(STAGE_FIXED)
     out = dict(zip(STAGE_FIXED, row[:n], strict=True))
-    out["groups"] = list(row[n:])
+    out.update(err=None, msg=None, groups=list(row[n:]))
     return out
 
 
@@ -79,9 +83,6 @@ def test_valid_row_is_staged_in_stage_fixed_order() -> None:
     assert isinstance(named.pop("fp"), int)
     assert named == {
         "line": 12,
-        "err": None,
-        "msg": None,
-        "ukey": "u:U-1",
         "uid": "U-1",
         "email": "john.doe@example.com",
         "first": "John",
@@ -104,7 +105,6 @@ def test_values_are_trimmed() -> None:
             hr=" 1 ",
         )
     )
-    assert got["ukey"] == "u:U-1"
     assert got["uid"] == "U-1"
     assert got["email"] == "a@example.com"
     assert got["first"] == "John"
@@ -117,20 +117,23 @@ def test_values_are_trimmed() -> None:
 def test_email_is_lower_cased() -> None:
     got = staged(row(email="Jane.SMITH@Example.Com"), header=HEADER)
     assert got["email"] == "jane.smith@example.com"
-    assert got["ukey"] == "e:jane.smith@example.com"
 
 
-def test_key_is_uid_when_present_else_email() -> None:
-    assert staged(row(uid="HR-42", email="A@x.com"))["ukey"] == "u:HR-42"
-    no_uid = staged(row(email="A@x.com"))
-    assert no_uid["ukey"] == "e:a@x.com"
-    assert no_uid["uid"] is None
+def test_a_blank_uid_is_none_so_the_email_identifies_the_row() -> None:
+    assert staged(row(uid="HR-42", email="A@x.com"))["uid"] == "HR-42"
+    no_uid = staged(row(uid="  ", email="A@x.com"))
+    assert (no_uid["uid"], no_uid["email"]) == (None, "a@x.com")
     fields = ["a@x.com", "", "", "", "", "", "", ""]
-    assert staged(fields, header=NO_UID)["ukey"] == "e:a@x.com"
+    assert staged(fields, header=NO_UID)["uid"] is None
 
 
 def test_uid_keeps_its_case() -> None:
-    assert staged(row(uid="Ab-C", email="a@x.com"))["ukey"] == "u:Ab-C"
+    assert staged(row(uid="Ab-C", email="a@x.com"))["uid"] == "Ab-C"
+
+
+def test_no_licence_turned_off_is_an_empty_string_not_none() -> None:
+    """None costs a slow adapter lookup per value in the bulk insert; "" never matches a licence."""
+    assert staged(row(email="a@x.com", lic_a="active"))["lic_off"] == ""
 
 
 # -- clean() and formula unescaping ----------------------------------------------------------
@@ -175,11 +178,22 @@ def test_field_count(count: int, word: str) -> None:
     assert got["line"] == 7
 
 
-def test_failed_row_carries_no_values() -> None:
+def test_failed_row_carries_only_its_identity() -> None:
     got = staged(row(uid="U1", email="a@x.com", first="John", lic_a="maybe", hr="1"))
-    assert got["err"] == "invalid_value"
-    assert (got["first"], got["last"], got["title"], got["lic_on"], got["lic_off"]) == (None,) * 5
-    assert got["groups"] == [None, None]
+    assert got == {
+        "line": 7,
+        "err": "invalid_value",
+        "msg": "lic_a_status is 'maybe'; use active or inactive",
+        "uid": "U1",
+        "email": None,
+    }
+
+
+def test_failed_row_without_uid_is_identified_by_its_email() -> None:
+    got = staged(row(email=" A@X.com ", lic_a="maybe"))
+    assert (got["err"], got["uid"], got["email"]) == ("invalid_value", None, "a@x.com")
+    bad_email = staged(row(email="not-an-email"))
+    assert (bad_email["err"], bad_email["uid"], bad_email["email"]) == ("invalid_email", None, None)
 
 
 # -- email -----------------------------------------------------------------------------------
@@ -248,14 +262,14 @@ def test_length_is_measured_after_formula_unescaping(column: str) -> None:
 @pytest.mark.parametrize(
     ("a", "b", "on", "off"),
     [
-        ("active", "", LIC, None),
+        ("active", "", LIC, ""),
         ("ACTIVE", "inactive", LIC, f"|{OTHER}|"),
         ("Inactive", "Active", OTHER, f"|{LIC}|"),
         ("inactive", "INACTIVE", None, f"|{LIC}|{OTHER}|"),
-        ("", "", None, None),
+        ("", "", None, ""),
     ],
 )
-def test_status_columns(a: str, b: str, on: str | None, off: str | None) -> None:
+def test_status_columns(a: str, b: str, on: str | None, off: str) -> None:
     got = staged(row(email="a@x.com", lic_a=a, lic_b=b))
     assert got["err"] is None
     assert (got["lic_on"], got["lic_off"]) == (on, off)
@@ -284,20 +298,20 @@ def test_active_column_and_another_active_status_are_multiple_active_licenses() 
 @pytest.mark.parametrize(
     ("value", "on", "off"),
     [
-        ("TRUE", LIC, None),
-        ("true", LIC, None),
-        ("Yes", LIC, None),
-        ("YES", LIC, None),
-        ("1", LIC, None),
+        ("TRUE", LIC, ""),
+        ("true", LIC, ""),
+        ("Yes", LIC, ""),
+        ("YES", LIC, ""),
+        ("1", LIC, ""),
         ("FALSE", None, f"|{LIC}|"),
         ("false", None, f"|{LIC}|"),
         ("no", None, f"|{LIC}|"),
         ("No", None, f"|{LIC}|"),
         ("0", None, f"|{LIC}|"),
-        ("", None, None),
+        ("", None, ""),
     ],
 )
-def test_active_column(value: str, on: str | None, off: str | None) -> None:
+def test_active_column(value: str, on: str | None, off: str) -> None:
     got = staged(["a@x.com", value, ""], header=ACTIVE_HEADER)
     assert got["err"] is None
     assert (got["lic_on"], got["lic_off"]) == (on, off)
@@ -352,7 +366,7 @@ def test_fingerprint_is_stable_and_depends_on_every_field_and_the_seed() -> None
 
 def test_failed_row_has_no_fingerprint() -> None:
     got = staged(row(email="not-an-email"))
-    assert got["fp"] is None
+    assert "fp" not in got and got["err"] == "invalid_email"
 
 
 # -- blank_means ------------------------------------------------------------------------------
@@ -362,7 +376,7 @@ def test_blank_unchanged_leaves_everything_as_is() -> None:
     got = staged(row(uid="U1", email="a@x.com"), blank="unchanged")
     assert got["err"] is None
     assert (got["first"], got["last"], got["title"]) == (None, None, None)
-    assert (got["lic_on"], got["lic_off"]) == (None, None)
+    assert (got["lic_on"], got["lic_off"]) == (None, "")
     assert got["groups"] == [None, None]
 
 
@@ -376,15 +390,14 @@ def test_blank_clear_erases_text_and_group_membership() -> None:
 def test_blank_clear_does_not_touch_licenses() -> None:
     # An empty status cell never revokes: revoking takes an explicit "inactive" / FALSE.
     got = staged(row(uid="U1", email="a@x.com"), blank="clear")
-    assert (got["lic_on"], got["lic_off"]) == (None, None)
+    assert (got["lic_on"], got["lic_off"]) == (None, "")
     got = staged(["a@x.com", "", ""], header=ACTIVE_HEADER, blank="clear")
-    assert (got["err"], got["lic_on"], got["lic_off"]) == (None, None, None)
+    assert (got["err"], got["lic_on"], got["lic_off"]) == (None, None, "")
 
 
 def test_blank_clear_never_clears_the_identity() -> None:
     got = staged(row(uid="", email="a@x.com"), blank="clear")
-    assert got["uid"] is None
-    assert got["ukey"] == "e:a@x.com"
+    assert (got["uid"], got["email"]) == (None, "a@x.com")
 
 
 FULL = ["U1", "a@x.com", "F", "L", "T", "active", "inactive", "1", "0"]
@@ -427,17 +440,17 @@ def test_blank_error_only_concerns_provided_columns() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "key", "uid", "email"),
+    ("fields", "uid", "email"),
     [
-        (row(uid="U1", email="not-an-email"), "u:U1", "U1", None),
-        (row(uid="U1", email=""), "u:U1", "U1", None),
-        (row(uid="U1", email="A@x.com", lic_a="bogus"), "u:U1", "U1", None),
-        (row(uid="U1", email="a@x.com", hr="7"), "u:U1", "U1", None),
-        (row(email="A@X.com", lic_a="bogus"), "e:a@x.com", None, "a@x.com"),
-        (row(email="a@x.com", lic_a="active", lic_b="active"), "e:a@x.com", None, "a@x.com"),
-        (row(email="a@x.com", title="x" * 300), "e:a@x.com", None, "a@x.com"),
-        (row(email="not-an-email", lic_a="bogus"), None, None, None),
-        (row(email=""), None, None, None),
+        (row(uid="U1", email="not-an-email"), "U1", None),
+        (row(uid="U1", email=""), "U1", None),
+        (row(uid="U1", email="A@x.com", lic_a="bogus"), "U1", None),
+        (row(uid="U1", email="a@x.com", hr="7"), "U1", None),
+        (row(email="A@X.com", lic_a="bogus"), None, "a@x.com"),
+        (row(email="a@x.com", lic_a="active", lic_b="active"), None, "a@x.com"),
+        (row(email="a@x.com", title="x" * 300), None, "a@x.com"),
+        (row(email="not-an-email", lic_a="bogus"), None, None),
+        (row(email=""), None, None),
     ],
     ids=[
         "uid+bad-email",
@@ -451,12 +464,10 @@ def test_blank_error_only_concerns_provided_columns() -> None:
         "nothing-at-all",
     ],
 )
-def test_invalid_row_keeps_its_identity(
-    fields: list[str], key: str | None, uid: str | None, email: str | None
-) -> None:
+def test_invalid_row_keeps_its_identity(fields: list[str], uid: str | None, email: str | None) -> None:
     got = staged(fields)
     assert got["err"] is not None
-    assert (got["ukey"], got["uid"], got["email"]) == (key, uid, email)
+    assert (got["uid"], got["email"]) == (uid, email)
 
 
 @pytest.mark.parametrize(
@@ -472,4 +483,4 @@ def test_invalid_row_with_uid_is_keyed_by_uid_even_when_a_text_column_fails(
 ) -> None:
     got = staged(fields, blank=blank)
     assert got["err"] in {"value_too_long", "blank_value"}
-    assert (got["ukey"], got["uid"]) == ("u:U1", "U1")
+    assert (got["uid"], got["email"]) == ("U1", None)
