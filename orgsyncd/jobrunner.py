@@ -209,7 +209,7 @@ class JobRunner:
                 if plan.held_reason is None:
                     Applier(conn, request).apply(plan.counts)
                 faults.checkpoint("after_apply")
-                self._write_results(run, summary, staged, conn)
+                self._write_results(run, summary, staged, conn, plan.default_outcome)
                 self._finish(
                     conn,
                     run,
@@ -290,7 +290,9 @@ class JobRunner:
             summary.extra["deactivated_not_in_file"] = 0 if plan.held_reason else plan.absent
         summary.finished_at = utcnow()
 
-    def _write_results(self, run: _Run, summary: Summary, staged: Staged, conn: Connection) -> None:
+    def _write_results(
+        self, run: _Run, summary: Summary, staged: Staged, conn: Connection, default: str
+    ) -> None:
         layout = staged.layout
         csv_tmp, json_tmp = self._tmp_paths(run.dirs, run.job.id)
         issues = list(layout.warnings)
@@ -302,11 +304,11 @@ class JobRunner:
             if layout.row >= 0 or writer.drop:  # a results file uploaded again
                 records = read_records(run.source)
                 next(records)  # the header
-                written = writer.rows(result_lines(conn), roster_rows(records, layout))
+                written = writer.rows(result_lines(conn, default), roster_rows(records, layout), default)
             else:
                 echoes = read_echo_records(run.source)
                 next(echoes)  # the header
-                written = writer.echo_rows(result_lines(conn), echoes)
+                written = writer.echo_rows(result_lines(conn, default), echoes, default)
         if written != staged.rows:  # the second read must see the rows the first one staged
             raise RuntimeError(
                 f"results out of step with input: {written} rows written, {staged.rows} staged"

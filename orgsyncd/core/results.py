@@ -102,11 +102,17 @@ class ResultsWriter:
         for issue in issues:
             self.writer.writerow(("0", issue.outcome, issue.code, issue.message))
 
-    def rows(self, outcomes: Iterable[Outcome], records: Iterator[tuple[int, list[str]]]) -> int:
-        """One line per record; ``outcomes`` (in line order) may leave out unchanged rows."""
+    def rows(
+        self,
+        outcomes: Iterable[Outcome],
+        records: Iterator[tuple[int, list[str]]],
+        default: str = "unchanged",
+    ) -> int:
+        """One line per record; ``outcomes`` (in line order) may leave out records whose outcome
+        is ``default`` with no code."""
         written = 0
         drop = self.drop
-        for (line, fields), (outcome, code, message) in _merge(outcomes, records):
+        for (line, fields), (outcome, code, message) in _merge(outcomes, records, default):
             if drop:
                 fields = [v for i, v in enumerate(fields) if i not in drop]
             if _NEEDS_ESCAPE.search("\x1f".join(fields)):
@@ -115,14 +121,16 @@ class ResultsWriter:
             written += 1
         return written
 
-    def echo_rows(self, outcomes: Iterable[Outcome], records: Iterator[EchoRecord]) -> int:
+    def echo_rows(
+        self, outcomes: Iterable[Outcome], records: Iterator[EchoRecord], default: str = "unchanged"
+    ) -> int:
         """Like ``rows``, but copies a record that is one physical line as it is (see
         ``read_echo_records``) instead of re-encoding it."""
         if self.drop:
             raise ValueError("echo_rows cannot drop columns; use rows")
         written = 0
         write = self.out.write
-        for (line, fields, raw), (outcome, code, message) in _merge(outcomes, records):
+        for (line, fields, raw), (outcome, code, message) in _merge(outcomes, records, default):
             if raw is not None and not _raw_needs_escape(raw):
                 write(f"{line},{outcome},{code or ''},{_csv_cell(message)},{raw}\r\n")
             else:
@@ -134,15 +142,15 @@ class ResultsWriter:
         return written
 
 
-_UNCHANGED = ("unchanged", None, None)
 R = TypeVar("R", bound=tuple[Any, ...])
 
 
 def _merge(
-    outcomes: Iterable[Outcome], records: Iterable[R]
+    outcomes: Iterable[Outcome], records: Iterable[R], default: str
 ) -> Iterator[tuple[R, tuple[str, str | None, str | None]]]:
-    """Pair records (line first) with their outcomes; a record without one is unchanged. Every
+    """Pair records (line first) with their outcomes; a record without one has the default. Every
     outcome must find its record, or the results would be out of step with the input."""
+    implicit = (default, None, None)
     pending = iter(outcomes)
     due = next(pending, None)
     for record in records:
@@ -150,7 +158,7 @@ def _merge(
             yield record, due[1:]
             due = next(pending, None)
         else:
-            yield record, _UNCHANGED
+            yield record, implicit
     if due is not None:
         raise RuntimeError(f"results out of step with input: no input row for line {due[0]}")
 

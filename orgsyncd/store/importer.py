@@ -45,6 +45,7 @@ class Plan:
     licensed: int = 0  # counted only when a full import deactivates anyone
     deactivations: int = 0
     held_reason: str | None = None
+    default_outcome: str = "unchanged"  # what a line missing from result_lines means
 
 
 class Sql:
@@ -438,6 +439,8 @@ FROM x"""
         if self.slim:
             left_out = self.req.rows - sum(plan.counts.values())
             plan.counts["unchanged"] = plan.counts.get("unchanged", 0) + left_out
+        elif plan.counts:  # every line is in pl: leave the commonest outcome implicit
+            plan.default_outcome = max(plan.counts, key=lambda outcome: plan.counts[outcome])
         if self.req.mode == "full":
             plan.absent = int(self.sql.scalar("SELECT COUNT(*) FROM absent"))
         plan.deactivations = plan.counts.get("deactivated", 0) + absent_licensed
@@ -642,11 +645,13 @@ class Applier:
     def _insert_learners(self) -> None:
         if not self.creates:
             return
+        # New ids follow line order (SQLite: base + line), so the plan's own order is id order
+        # and needs no sort.
         self.sql.run(
             "INSERT INTO learner (id, tenant_id, uid, email, first_name, last_name, title, status, "
             "license_type, fp, created_job_id, updated_job_id, created_at, updated_at) "
             "SELECT lid, :t, n_uid, n_email, n_first, n_last, n_title, n_status, n_lic, fp, :job, :job, "
-            f":now, :now FROM {self.src} WHERE outcome = 'created' ORDER BY lid",
+            f":now, :now FROM {self.src} WHERE outcome = 'created' ORDER BY line",
             self.p,
         )
 
@@ -654,7 +659,7 @@ class Applier:
         self.sql.run(
             "INSERT INTO license_assignment (tenant_id, learner_id, license_type, started_at, "
             f"started_job_id) SELECT :t, lid, lic_on, :now, :job FROM {self.src} "
-            "WHERE outcome <> 'error' AND act = 1 ORDER BY lid",
+            "WHERE outcome <> 'error' AND act = 1 ORDER BY line",
             self.p,
         )
 
@@ -701,10 +706,14 @@ def _snapshot(*exprs: str) -> list[tuple[str, str]]:
 _NEW_VALUES = _snapshot("s.n_email", "s.n_uid", "s.n_first", "s.n_last", "s.n_title", "s.n_status", "s.n_lic")
 
 
-def result_lines(conn: Connection) -> Iterator[tuple[int, str, str | None, str | None]]:
-    """(line, outcome, code, message) in file order for the rows in the plan, streamed; a staged
-    line that is not listed is unchanged (see ``Planner``)."""
-    query = "SELECT line, outcome, COALESCE(err, note), COALESCE(msg, note_msg) FROM pl ORDER BY line"
+def result_lines(conn: Connection, default: str) -> Iterator[tuple[int, str, str | None, str | None]]:
+    """(line, outcome, code, message) in file order, streamed, for the rows whose outcome is not
+    ``default`` (``Plan.default_outcome``) or that carry a code; a staged line that is not listed
+    has outcome ``default`` and no code."""
+    query = (
+        "SELECT line, outcome, COALESCE(err, note), COALESCE(msg, note_msg) FROM pl "
+        f"WHERE outcome <> '{default}' OR err IS NOT NULL OR note IS NOT NULL ORDER BY line"
+    )
     if conn.dialect.name == "postgresql":
         result = conn.execute(text(query).execution_options(stream_results=True, yield_per=BATCH))
         for line, outcome, code, message in result:

@@ -119,6 +119,18 @@ def test_worked_example_is_reproduced(tmp_path: Path) -> None:
     assert written(header, outcomes=outcomes, records=records[1:]) == expected
 
 
+def test_records_without_an_outcome_take_the_given_default() -> None:
+    """A first import leaves its commonest outcome implicit the same way."""
+    out = io.StringIO(newline="")
+    writer = ResultsWriter(out, ["primary_email_address"])
+    outcomes = [(3, "error", "invalid_email", "bad")]
+    assert writer.rows(outcomes, iter([(2, ["a@x.com"]), (3, ["b"])]), default="created") == 2
+    assert parse(out.getvalue())[1:] == [
+        ["2", "created", "", "", "a@x.com"],
+        ["3", "error", "invalid_email", "bad", "b"],
+    ]
+
+
 def test_header_and_rows_echo_input_with_row_zero_issues_first() -> None:
     header = ["primary_email_address", "work_title", "department"]
     issues = [
