@@ -85,6 +85,9 @@ def test_fast_path_is_used_for_plain_addresses() -> None:
     assert _fast_ok("john.doe@example.com")
     assert not _fast_ok("josé@example.com")  # falls back to email_validator
     assert not _fast_ok("a@x.test")  # special-use: email_validator decides (and rejects)
+    assert _fast_ok("a@x.testing") and _fast_ok("a@x.locals")  # only the special label itself
+    assert _fast_ok("a" * 64 + "@example.com") and not _fast_ok("a" * 65 + "@example.com")
+    assert not _fast_ok("a@b--c.example.com") and _fast_ok("a--b@example.com")  # "--" matters in the domain
 
 
 # -- property: fast path is a strict subset of email_validator -------------------------------
