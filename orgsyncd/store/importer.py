@@ -197,6 +197,8 @@ class Planner:
             "taken INTEGER, same INTEGER)"
         )
         self._match_into_mm(params)
+        if self.sql.pg:
+            self.sql.run("ANALYZE mm")
         joined = "SELECT s.*, mm.lid, mm.adopt, mm.taken, mm.same FROM mm JOIN stg s ON s.line = mm.line WHERE mm.same = 0"
         self.sql.run(self._build_sql(joined), params)
         self.slim = True
@@ -231,7 +233,7 @@ class Planner:
             "act, chg, outcome) "
             f"SELECT s.line, s.uid, s.email, s.lic_on, s.fp{gvals}, mm.lid, 0, 0, 0, 0, 0, 0, "
             f"'unchanged' FROM mm JOIN stg s ON s.line = mm.line WHERE mm.same = 1 AND {key} IN "
-            "(SELECT k FROM dk) AND s.line NOT IN (SELECT line FROM pl)"
+            "(SELECT k FROM dk) AND NOT EXISTS (SELECT 1 FROM pl WHERE pl.line = s.line)"
         )
 
     def _id_base(self) -> int:
@@ -383,15 +385,15 @@ FROM x"""
 
     def _absent(self) -> dict[str, int]:
         """Full mode: learners the file leaves out (rows with errors still count as present)."""
-        if self.slim:
-            present = "SELECT lid FROM mm WHERE lid IS NOT NULL"
-        else:
-            present = "SELECT lid FROM pl WHERE is_new = 0 AND lid IS NOT NULL"
+        table, matched = ("mm", "p.lid IS NOT NULL") if self.slim else ("pl", "p.is_new = 0")
+        if self.sql.pg:  # NOT IN over a big subquery is a per-learner subplan there; this hashes
+            left_out = f"NOT EXISTS (SELECT 1 FROM {table} p WHERE p.lid = learner.id AND {matched})"
+        else:  # SQLite indexes a NOT IN list once; a correlated NOT EXISTS would scan per learner
+            left_out = f"id NOT IN (SELECT p.lid FROM {table} p WHERE {matched} AND p.lid IS NOT NULL)"
         self.sql.run("DROP TABLE IF EXISTS absent")
         self.sql.run(
             "CREATE TEMPORARY TABLE absent AS SELECT id AS lid, license_type AS cur_lic, "
-            "status AS cur_status FROM learner WHERE tenant_id = :t AND status <> 'deactivated' "
-            f"AND id NOT IN ({present})",
+            f"status AS cur_status FROM learner WHERE tenant_id = :t AND status <> 'deactivated' AND {left_out}",
             self.p,
         )
         rows = self.sql.run("SELECT cur_lic, COUNT(*) FROM absent WHERE cur_lic IS NOT NULL GROUP BY cur_lic")
