@@ -123,6 +123,28 @@ def test_an_unchanged_row_reaching_a_learner_already_reached_by_email_is_a_dupli
     assert again.counts["unchanged"] == 2 and again.counts["error"] == 1
 
 
+def test_a_reordered_file_that_changes_nothing_refreshes_the_fingerprints(env: Env) -> None:
+    """Otherwise every later run of the new layout would take the slow, full comparison."""
+    from sqlalchemy import text
+
+    def fingerprints() -> list[int | None]:
+        with env.service.engine.connect() as conn:
+            return [r[0] for r in conn.execute(text("SELECT fp FROM learner ORDER BY email"))]
+
+    header = ["primary_email_address", "preferred_first_name", "work_title"]
+    env.run(roster(header, [["a@example.com", "A", "Dev"], ["b@example.com", "B", "Ops"]]))
+    before = fingerprints()
+    assert None not in before
+    reordered = roster(header[::-1], [["Dev", "A", "a@example.com"], ["Ops", "B", "b@example.com"]])
+    again = env.run(reordered)
+    assert [o for _, o, _ in env.outcomes(again)] == ["unchanged", "unchanged"]
+    after = fingerprints()
+    assert None not in after and all(x != y for x, y in zip(before, after, strict=True))
+    third = env.run(reordered + "\n")  # other bytes, same rows: settled by the fingerprints
+    assert [o for _, o, _ in env.outcomes(third)] == ["unchanged", "unchanged"]
+    assert fingerprints() == after
+
+
 def test_uid_changes_email_and_adopts_learner_without_uid(env: Env) -> None:
     env.run(roster(["primary_email_address"], [["old@example.com"], ["plain@example.com"]]))
     header = ["unique_user_id", "primary_email_address"]
