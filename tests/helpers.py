@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,43 @@ def make_keys(directory: Path, names: Sequence[str]) -> Keys:
         (directory / name).chmod(0o600)
         key.write_public_key(directory / f"{name}.pub")
     return Keys(directory)
+
+
+CONNECT_WAIT_S = 10.0
+
+
+def ssh_client(
+    port: int, user: str, *, pkey: paramiko.PKey | None = None, password: str | None = None
+) -> paramiko.SSHClient:
+    """A paramiko client logged in to the SFTP server on 127.0.0.1 (no agent, no ~/.ssh keys)."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        client.connect(
+            "127.0.0.1",
+            port,
+            username=user,
+            pkey=pkey,
+            password=password,
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=CONNECT_WAIT_S,
+            banner_timeout=CONNECT_WAIT_S,
+            auth_timeout=CONNECT_WAIT_S,
+        )
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+@contextlib.contextmanager
+def sftp_session(
+    port: int, user: str, *, pkey: paramiko.PKey | None = None, password: str | None = None
+) -> Iterator[paramiko.SFTPClient]:
+    client = ssh_client(port, user, pkey=pkey, password=password)
+    try:
+        with client.open_sftp() as sftp:
+            yield sftp
+    finally:
+        client.close()

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import paramiko
 import pytest
 
-from tests.helpers import LIC, Keys, make_keys
+from tests.helpers import LIC, Keys, make_keys, sftp_session
 
 T = TypeVar("T")
 WAIT_S = 10.0
@@ -299,29 +299,8 @@ def site(tmp_path: Path, keys: Keys) -> Site:
 # -- SFTP clients ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def paramiko_sftp(port: int, user: str, keys: Keys) -> Iterator[paramiko.SFTPClient]:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    try:
-        client.connect(
-            "127.0.0.1",
-            port,
-            username=user,
-            pkey=keys.pkey(user),
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=WAIT_S,
-            banner_timeout=WAIT_S,
-            auth_timeout=WAIT_S,
-        )
-        sftp = client.open_sftp()
-        try:
-            yield sftp
-        finally:
-            sftp.close()
-    finally:
-        client.close()
+def paramiko_sftp(port: int, user: str, keys: Keys) -> contextlib.AbstractContextManager[paramiko.SFTPClient]:
+    return sftp_session(port, user, pkey=keys.pkey(user))
 
 
 def openssh_sftp(

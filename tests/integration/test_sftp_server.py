@@ -39,7 +39,7 @@ from orgsyncd.ingest.sftp import (
 )
 from orgsyncd.ingest.tenantfs import TenantFS, Upload
 from orgsyncd.paths import VISIBLE_DIRS, staging_dir, tenant_dirs
-from tests.helpers import Keys, make_keys
+from tests.helpers import Keys, make_keys, sftp_session, ssh_client
 
 pytestmark = pytest.mark.skipif(shutil.which("sftp") is None, reason="needs the OpenSSH client")
 
@@ -183,34 +183,12 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.02)
 
 
-@contextlib.contextmanager
 def connect(
     env: Env, user: str = "acme", *, key: str | None = None, password: str | None = None
-) -> Iterator[paramiko.SFTPClient]:
+) -> contextlib.AbstractContextManager[paramiko.SFTPClient]:
     """A paramiko SFTP session; *key* defaults to the user's own key unless a password is given."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     pkey = None if password is not None and key is None else env.keys.pkey(key or user)
-    try:
-        client.connect(
-            "127.0.0.1",
-            env.port,
-            username=user,
-            pkey=pkey,
-            password=password,
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=WAIT_S,
-            banner_timeout=WAIT_S,
-            auth_timeout=WAIT_S,
-        )
-        sftp = client.open_sftp()
-        try:
-            yield sftp
-        finally:
-            sftp.close()
-    finally:
-        client.close()
+    return sftp_session(env.port, user, pkey=pkey, password=password)
 
 
 def openssh(
@@ -294,16 +272,7 @@ def test_openssh_upload_lands_in_inbox_and_is_reported_once(server: Env) -> None
 
 
 def test_dropped_connection_mid_upload_leaves_nothing(server: Env) -> None:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        server.port,
-        username="acme",
-        pkey=server.keys.pkey("acme"),
-        look_for_keys=False,
-        allow_agent=False,
-    )
+    client = ssh_client(server.port, "acme", pkey=server.keys.pkey("acme"))
     sftp = client.open_sftp()
     handle = sftp.open("/inbox/half.csv", "wb")
     handle.write(payload(200_000))
@@ -566,16 +535,7 @@ def test_mkdir_links_and_attribute_changes_are_refused(server: Env) -> None:
 
 
 def test_shell_exec_scp_and_forwarding_are_refused(server: Env) -> None:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        server.port,
-        username="acme",
-        pkey=server.keys.pkey("acme"),
-        look_for_keys=False,
-        allow_agent=False,
-    )
+    client = ssh_client(server.port, "acme", pkey=server.keys.pkey("acme"))
     try:
         transport = client.get_transport()
         assert transport is not None
