@@ -23,6 +23,7 @@ BATCH = 20_000
 _TEXT_FIELDS = (("first", "first_name"), ("last", "last_name"), ("title", "title"))
 _APPLIED = "('updated', 'deactivated', 'reactivated')"
 _CHANGING = "('created', 'updated', 'deactivated', 'reactivated')"
+_SAME_LEARNER = "'the same learner is already on line ' || d.first_line || '; the first occurrence wins'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,8 @@ def load_staging(conn: Connection, rows: Iterable[StagedRow | Rejected], group_c
     if conn.dialect.name == "postgresql":
         return _copy_pg(conn, rows, columns)
     valid = f"INSERT INTO stg ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-    rejected = f"INSERT INTO stg ({', '.join(Rejected._fields)}) VALUES (?, ?, ?, ?, ?)"
+    fields = Rejected._fields
+    rejected = f"INSERT INTO stg ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
     total = 0
     iterator = iter(rows)
     while batch := list(islice(iterator, BATCH)):
@@ -120,7 +122,7 @@ def _copy_pg(conn: Connection, rows: Iterable[StagedRow | Rejected], columns: li
     raw = conn.connection.driver_connection
     total = 0
     no_error = (None, None)
-    blanks = (None,) * (len(columns) - 3)
+    blanks = (None,) * (len(columns) - 3)  # STAGE_FIXED starts with line, uid, email
     copy_sql = f"COPY stg ({', '.join(columns)}, err, msg) FROM STDIN"
     with raw.cursor() as cur, cur.copy(copy_sql) as copy:  # type: ignore[union-attr]
         for row in rows:
@@ -343,7 +345,7 @@ FROM x"""
     def _duplicates(self) -> None:
         self._mark(
             "duplicate_in_file",
-            "'the same learner is already on line ' || d.first_line || '; the first occurrence wins'",
+            _SAME_LEARNER,
             # Grouping by the plain columns lets SQLite sort stored values, not a million new strings.
             "SELECT 'u:' || uid AS k, MIN(line) AS first_line FROM stg WHERE uid IS NOT NULL "
             "GROUP BY uid HAVING COUNT(*) > 1 UNION ALL "
@@ -377,7 +379,7 @@ FROM x"""
         )
         self._mark(
             "duplicate_in_file",
-            "'the same learner is already on line ' || d.first_line || '; the first occurrence wins'",
+            _SAME_LEARNER,
             groups,
             "pl.lid",
             promote="mm.lid",
