@@ -18,7 +18,7 @@ from orgsyncd.core.results import Summary, iso
 from orgsyncd.errors import OrgsyncError, UsageError
 from orgsyncd.logging import configure_logging
 from orgsyncd.service import Service
-from orgsyncd.store.jobs import STATUSES, JobRecord
+from orgsyncd.store.jobs import STATUSES, JobRecord, cli_actor
 
 F = TypeVar("F", bound=Callable[..., Any])
 FAILED_STATUSES = ("failed", "held")
@@ -109,7 +109,9 @@ def main(ctx: click.Context, config: str | None, debug: bool) -> None:
 def import_cmd(app: AppContext, file: Path, tenant: str, mode: str | None, dry_run: bool) -> None:
     """Run one import now, in the foreground, and print its summary."""
     with _byte_progress(file, "importing") as progress:
-        summary = app.service.import_file(tenant, file, mode=mode, dry_run=dry_run, progress=progress)
+        summary = app.service.import_file(
+            tenant, file, mode=mode, dry_run=dry_run, progress=progress, actor=cli_actor()
+        )
     _print_summary(summary, app)
     if summary.status in FAILED_STATUSES:
         _fail(_failure_sentence(summary), 1)
@@ -175,13 +177,28 @@ def jobs_list(app: AppContext, tenant: str | None, status: str | None, limit: in
 @click.argument("job_id", type=int)
 @pass_app
 def jobs_show(app: AppContext, job_id: int) -> None:
-    """One job in full (JSON)."""
-    click.echo(json.dumps(_job_json(app.service.jobs.get(job_id)), indent=2, ensure_ascii=False))
+    """One job in full, with every state change it went through (JSON)."""
+    store = app.service.jobs
+    data = _job_json(store.get(job_id))
+    data["events"] = [
+        {
+            "at": iso(event.at),
+            "from": event.from_status,
+            "to": event.to_status,
+            "actor": event.actor,
+            "code": event.code,
+            "message": event.message,
+        }
+        for event in store.events(job_id)
+    ]
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _job_json(job: JobRecord) -> dict[str, Any]:
     data = asdict(job)
-    for key in ("received_at", "started_at", "finished_at"):
+    for key in ("claim_token", "db_session"):  # internal to the claim
+        data.pop(key)
+    for key in ("received_at", "started_at", "finished_at", "claimed_at", "lease_expires_at"):
         data[key] = iso(data[key])
     return data
 
@@ -191,7 +208,7 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
 @pass_app
 def jobs_approve(app: AppContext, job_id: int) -> None:
     """Release a held job: it is queued again ahead of the tenant's other jobs."""
-    job = app.service.approve(job_id)
+    job = app.service.approve(job_id, cli_actor())
     click.echo(
         f"job {job.id} approved; it applies at the next run (or 'orgsyncd run-now --tenant {job.tenant}')"
     )
@@ -202,7 +219,7 @@ def jobs_approve(app: AppContext, job_id: int) -> None:
 @pass_app
 def jobs_reject(app: AppContext, job_id: int) -> None:
     """Drop a held job; nothing of it is applied."""
-    job = app.service.reject(job_id)
+    job = app.service.reject(job_id, cli_actor())
     click.echo(f"job {job.id} rejected")
 
 
@@ -211,7 +228,7 @@ def jobs_reject(app: AppContext, job_id: int) -> None:
 @pass_app
 def jobs_retry(app: AppContext, job_id: int) -> None:
     """Queue a failed job again (e.g. after fixing the tenant's configuration)."""
-    job = app.service.retry(job_id)
+    job = app.service.retry(job_id, cli_actor())
     click.echo(f"job {job.id} queued again")
 
 

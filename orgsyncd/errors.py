@@ -55,3 +55,9 @@ class InjectedFault(OrgsyncError):
     """A fault injected on purpose by a test (ORGSYNCD_FAULT)."""
 
     code = "injected_fault"
+
+
+class LeaseLost(OrgsyncError):
+    """This instance's claim on a job was taken over (its lease ran out); its attempt is void."""
+
+    code = "lease_lost"

@@ -38,7 +38,7 @@ from orgsyncd.paths import (
     result_paths,
     tenant_dirs,
 )
-from orgsyncd.store.db import import_cache, is_sqlite
+from orgsyncd.store.db import import_cache, is_sqlite, write_transaction
 from orgsyncd.store.importer import (
     Applier,
     Plan,
@@ -49,7 +49,16 @@ from orgsyncd.store.importer import (
     load_staging,
     result_lines,
 )
-from orgsyncd.store.jobs import TERMINAL, JobRecord, JobStore, tenant_lock_key, utcnow
+from orgsyncd.store.jobs import (
+    QUEUED,
+    TERMINAL,
+    JobRecord,
+    JobStore,
+    StateConflict,
+    change_state,
+    tenant_lock_key,
+    utcnow,
+)
 
 log = structlog.get_logger("orgsyncd.import")
 Progress = Callable[[int], None]
@@ -92,10 +101,11 @@ def _request(
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, engine: Engine, jobs: JobStore) -> None:
+    def __init__(self, settings: Settings, engine: Engine, jobs: JobStore, actor: str) -> None:
         self.settings = settings
         self.engine = engine
         self.jobs = jobs
+        self.actor = actor  # who the job_event rows of this runner's outcomes name
 
     # -- public -----------------------------------------------------------------------------
 
@@ -159,7 +169,7 @@ class JobRunner:
         if job.status in TERMINAL and spool.exists():
             _unlink_inbox_copy(dirs.inbox / job.file_name, spool)
             atomic_replace(spool, archive_path(dirs, job.file_name, job.id))
-        self.jobs.set(job.id, finalized=True)
+        self.jobs.mark_finalized(job.id)
 
     # -- the import proper ------------------------------------------------------------------
 
@@ -210,14 +220,11 @@ class JobRunner:
                     Applier(conn, request).apply(plan.counts)
                 faults.checkpoint("after_apply")
                 self._write_results(run, summary, staged, conn, plan.default_outcome)
-                self._finish(
-                    conn,
-                    run,
-                    summary,
-                    error_code="threshold_exceeded" if plan.held_reason else None,
-                    error_message=plan.held_reason,
-                )
+                held_code = "threshold_exceeded" if plan.held_reason else None
+                self._finish(conn, run, summary, error_code=held_code, error_message=plan.held_reason)
                 faults.checkpoint("before_commit")
+        except StateConflict:
+            return None  # another process recorded an outcome first; ours rolled back
         finally:
             conn.execution_options(sqlite_immediate=False)
             drop_staging(conn)
@@ -366,19 +373,24 @@ class JobRunner:
 
     def _record_terminal(self, run: _Run, summary: Summary, **values: Any) -> None:
         """A job that ends without an import (unsupported, rejected file, duplicate)."""
-        with self.engine.connect() as conn:
-            conn.execution_options(sqlite_immediate=True)
-            with conn.begin():
-                if not self.jobs.is_queued(conn, run.job.id):
-                    return
+        try:
+            with write_transaction(self.engine) as conn:
                 self._finish(conn, run, summary, **values)
+        except StateConflict:
+            return  # another process recorded an outcome first
         self.finalize(self.jobs.get(run.job.id))
 
     def _finish(self, conn: Connection, run: _Run, summary: Summary, **values: Any) -> None:
-        self.jobs.finish(
+        """Record the job's outcome in the caller's transaction (StateConflict when another
+        process recorded one first: the caller's transaction then rolls back)."""
+        change_state(
             conn,
             run.job.id,
-            status=summary.status,
+            summary.status,
+            actor=self.actor,
+            allowed=(QUEUED,),
+            code=values.get("error_code"),
+            message=values.get("error_message"),
             mode=run.mode,
             counts=summary.counts,
             started_at=run.started,

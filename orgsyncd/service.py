@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
+import socket
 import stat
 import threading
 import time
@@ -24,7 +26,15 @@ from orgsyncd.errors import OrgsyncError, UsageError
 from orgsyncd.jobrunner import JobRunner, Progress
 from orgsyncd.paths import TenantDirs, is_temporary_name, mode_from_name, tenant_dirs
 from orgsyncd.store.db import make_engine, migrate
-from orgsyncd.store.jobs import HELD, QUEUED, JobRecord, JobStore, utcnow
+from orgsyncd.store.jobs import (
+    HELD,
+    QUEUED,
+    JobRecord,
+    JobStore,
+    StateConflict,
+    instance_actor,
+    utcnow,
+)
 from orgsyncd.store.learners import LearnerStore
 
 log = structlog.get_logger("orgsyncd.service")
@@ -58,10 +68,12 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.instance = settings.daemon.instance_name or default_instance_name()
+        self.actor = instance_actor(self.instance)
         self.engine = make_engine(settings.daemon.db_url)
         self.jobs = JobStore(self.engine)
         self.learners = LearnerStore(self.engine)
-        self.runner = JobRunner(settings, self.engine, self.jobs)
+        self.runner = JobRunner(settings, self.engine, self.jobs, self.actor)
         self.on_job_finished: Callable[[str, str, dict[str, int], float], None] | None = None
         self.stop_requested = threading.Event()
 
@@ -100,7 +112,7 @@ class Service:
 
     # -- queueing -----------------------------------------------------------------------------
 
-    def enqueue_file(self, tenant: str, path: Path) -> int | None:
+    def enqueue_file(self, tenant: str, path: Path, actor: str | None = None) -> int | None:
         """Queue one complete file from a tenant's inbox. Idempotent: None when it is already
         queued, gone, a temporary name or not a regular file.
 
@@ -123,9 +135,9 @@ class Service:
             os.link(path, spool)
         except (FileExistsError, FileNotFoundError):
             return None  # another watcher or instance took it first, or it is gone
-        return self._register(tenant, spool)
+        return self._register(tenant, spool, actor)
 
-    def _register(self, tenant: str, spool: Path) -> int | None:
+    def _register(self, tenant: str, spool: Path, actor: str | None = None) -> int | None:
         sha256, size = sha256_file(spool)
         cfg = self.settings.tenant(tenant)
         deferred = cfg.cadence == "daily" or size > self.settings.daemon.daily_threshold_bytes
@@ -137,6 +149,7 @@ class Service:
             sha256=sha256,
             size=size,
             deferred=deferred,
+            actor=actor or self.actor,
         )
         if job_id is not None:
             log.info("job_queued", tenant=tenant, job_id=job_id, file=name, bytes=size, deferred=deferred)
@@ -213,16 +226,19 @@ class Service:
         attempts = job.attempts + 1
         log.exception("job_attempt_failed", tenant=job.tenant, job_id=job.id, attempts=attempts)
         message = f"internal error on attempt {attempts}: {type(exc).__name__}: {exc}"
-        if attempts >= _MAX_ATTEMPTS:
-            self.jobs.set(
+        last = attempts >= _MAX_ATTEMPTS
+        with contextlib.suppress(StateConflict):  # another process finished it meanwhile
+            self.jobs.change(
                 job.id,
-                status="failed",
+                "failed" if last else QUEUED,
+                actor=self.actor,
+                allowed=(QUEUED,),
+                code="internal_error",
+                message=message,
                 attempts=attempts,
-                error_code="internal_error",
                 error_message=message,
+                **({"error_code": "internal_error"} if last else {}),
             )
-        else:
-            self.jobs.set(job.id, attempts=attempts, error_message=message)
 
     def import_file(
         self,
@@ -232,6 +248,7 @@ class Service:
         mode: str | None = None,
         dry_run: bool = False,
         progress: Progress | None = None,
+        actor: str | None = None,
     ) -> Summary:
         """`orgsyncd import`: one file, now, in the foreground."""
         cfg = self.settings.tenant(tenant)
@@ -244,7 +261,7 @@ class Service:
         spool = self.dirs(tenant).spool / f"{uuid.uuid4().hex[:16]}{_SPOOL_SEP}{source.name}"
         spool.parent.mkdir(parents=True, exist_ok=True)
         _copy(source, spool)
-        job_id = self._register(tenant, spool)
+        job_id = self._register(tenant, spool, actor)
         assert job_id is not None
         summary = self.runner.run(self.jobs.get(job_id), mode=mode, progress=progress)
         if summary is None:
@@ -263,26 +280,41 @@ class Service:
 
     # -- operator actions ---------------------------------------------------------------------
 
-    def approve(self, job_id: int) -> JobRecord:
+    def approve(self, job_id: int, actor: str) -> JobRecord:
         """A held job goes back to the queue, ahead of the tenant's other jobs, and skips the
-        threshold when it runs."""
+        threshold when it runs. *actor* is who decided (``cli:<user>``, ``sftp:...``)."""
         job = self.jobs.transition(
-            job_id, [HELD], "approved", status=QUEUED, approved=True, priority=1, finalized=False
+            job_id,
+            [HELD],
+            "approved",
+            QUEUED,
+            actor=actor,
+            code="approved",
+            approved=True,
+            priority=1,
+            finalized=False,
         )
-        log.info("job_approved", job_id=job_id, tenant=job.tenant)
+        log.info("job_approved", job_id=job_id, tenant=job.tenant, actor=actor)
         return job
 
-    def reject(self, job_id: int) -> JobRecord:
+    def reject(self, job_id: int, actor: str) -> JobRecord:
         job = self.jobs.transition(
-            job_id, [HELD], "rejected", status="rejected", finalized=False, finished_at=utcnow()
+            job_id,
+            [HELD],
+            "rejected",
+            "rejected",
+            actor=actor,
+            code="rejected",
+            finalized=False,
+            finished_at=utcnow(),
         )
         self.runner.write_operator_outcome(
             job, "rejected", "an operator rejected this file; nothing of it was applied"
         )
-        log.info("job_rejected", job_id=job_id, tenant=job.tenant)
+        log.info("job_rejected", job_id=job_id, tenant=job.tenant, actor=actor)
         return self.jobs.get(job_id)
 
-    def retry(self, job_id: int) -> JobRecord:
+    def retry(self, job_id: int, actor: str) -> JobRecord:
         """A failed job runs again (e.g. after the tenant's config was fixed)."""
         current = self.jobs.get(job_id)
         source = self.runner.input_path(current)
@@ -294,13 +326,15 @@ class Service:
             job_id,
             ["failed"],
             "retried",
-            status=QUEUED,
+            QUEUED,
+            actor=actor,
+            code="retried",
             finalized=False,
             attempts=0,
             error_code=None,
             error_message=None,
         )
-        log.info("job_retried", job_id=job_id, tenant=job.tenant)
+        log.info("job_retried", job_id=job_id, tenant=job.tenant, actor=actor)
         return job
 
     # -- exports and maintenance --------------------------------------------------------------
@@ -371,6 +405,11 @@ class Service:
         if removed:
             log.info("pruned", tenant=tenant, files=removed)
         return removed
+
+
+def default_instance_name() -> str:
+    """``[daemon] instance_name`` when unset: the host name and the process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _cell(value: str | None) -> str:

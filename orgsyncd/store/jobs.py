@@ -1,26 +1,160 @@
-"""The job queue, in the database: jobs are rows, and the database decides who runs what."""
+"""The job queue, in the database: jobs are rows, and the database decides who runs what.
+
+States and who moves a job between them (every move is one call of ``change_state`` or, for the
+row that creates a job, ``record_change``; both write a ``job_event`` row in the caller's
+transaction)::
+
+    (new) --queued--> queued --claimed--> running --> succeeded | partially_succeeded | failed
+                                                   --> held --approved--> queued
+                                                   |        --rejected--> rejected
+                                                   --> duplicate
+                        failed --retried--> queued
+
+"""
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, text, update
+from sqlalchemy import Connection, Engine, func, insert, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from orgsyncd.errors import NotFoundError, UsageError
-from orgsyncd.store.tables import Job, Tenant
+from orgsyncd.errors import LeaseLost, NotFoundError, OrgsyncError, UsageError
+from orgsyncd.store.db import write_transaction
+from orgsyncd.store.tables import Job, JobEvent, Tenant
 
 QUEUED = "queued"
+RUNNING = "running"
 HELD = "held"
 TERMINAL = ("succeeded", "partially_succeeded", "failed", "rejected", "duplicate")
 APPLIED = ("succeeded", "partially_succeeded")
-STATUSES = (QUEUED, HELD, *TERMINAL)
+STATUSES = (QUEUED, RUNNING, HELD, *TERMINAL)
+
+
+def cli_actor() -> str:
+    """The actor of an operator's command: ``cli:<login name>``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers) and no LOGNAME/USER
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"
+
+
+def instance_actor(instance: str) -> str:
+    return f"instance:{instance}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateChange:
+    """One job state change, as recorded in ``job_event``."""
+
+    job_id: int
+    tenant_id: int
+    from_status: str | None
+    to_status: str
+    actor: str
+    code: str | None
+    message: str | None
+    at: datetime
+
+
+class StateConflict(OrgsyncError):
+    """The job is not in a state the change may start from (someone else changed it first)."""
+
+    code = "job_state_conflict"
+
+    def __init__(self, job_id: int, current: str, allowed: Sequence[str]) -> None:
+        super().__init__(f"job {job_id} is {current}, not {' or '.join(allowed)}")
+        self.job_id = job_id
+        self.current = current
+        self.allowed = tuple(allowed)
+
+
+def change_state(
+    conn: Connection,
+    job_id: int,
+    to_status: str,
+    *,
+    actor: str,
+    allowed: Sequence[str] | None = None,
+    token: str | None = None,
+    code: str | None = None,
+    message: str | None = None,
+    **values: Any,
+) -> StateChange:
+    """Move job *job_id* to *to_status* inside the caller's transaction, and record it.
+
+    The one way a job's status changes (creation aside, see ``JobStore.add``). It runs on the
+    caller's connection, so the change, its ``job_event`` row and whatever the caller did in that
+    transaction (an import's whole apply) commit or roll back together. The caller must hold a
+    write transaction (``store.db.write_transaction``, or a connection begun with
+    ``sqlite_immediate``): the row is locked (``FOR UPDATE``) before it is checked.
+
+    *allowed*: the statuses the change may start from; otherwise ``StateConflict``.
+    *token*: fencing. The change is made only by the holder of the job's current claim;
+    otherwise ``LeaseLost`` (another instance took the job over), which rolls back the caller's
+    transaction when it propagates.
+    *code* / *message*: why (an error code, a reason); stored on the event, and on the job as
+    ``error_code`` / ``error_message`` when the caller passes those in *values*.
+    *values*: other job columns to set in the same statement (``counts`` as a dict).
+    """
+    row = conn.execute(
+        select(col(Job.status), col(Job.tenant_id), col(Job.claim_token))
+        .where(col(Job.id) == job_id)
+        .with_for_update()
+    ).first()
+    if row is None:
+        raise NotFoundError(f"there is no job {job_id}")
+    current, tenant_id, current_token = row
+    if token is not None and current_token != token:
+        raise LeaseLost(f"job {job_id} was taken over by another instance; this attempt is void")
+    if allowed is not None and current not in allowed:
+        raise StateConflict(job_id, current, allowed)
+    if "counts" in values and values["counts"] is not None:
+        values["counts"] = json.dumps(values["counts"], sort_keys=True)
+    conn.execute(update(Job).where(col(Job.id) == job_id).values(status=to_status, **values))
+    change = StateChange(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        from_status=current,
+        to_status=to_status,
+        actor=actor,
+        code=code,
+        message=message,
+        at=utcnow(),
+    )
+    record_change(conn, change)
+    return change
+
+
+def record_change(conn: Connection, change: StateChange) -> None:
+    """Write *change* to ``job_event`` on the caller's connection (same transaction).
+
+    Every job state change reaches this function, exactly once, inside the transaction that made
+    it: ``change_state`` calls it, and so do the statements that create a job (``JobStore.add``)
+    and claim one. Work that must happen if and only if a change commits belongs here, as
+    one more statement on *conn*, e.g. the notification outbox row for the change.
+    """
+    conn.execute(
+        insert(JobEvent).values(
+            job_id=change.job_id,
+            tenant_id=change.tenant_id,
+            from_status=change.from_status,
+            to_status=change.to_status,
+            actor=change.actor,
+            code=change.code,
+            message=change.message,
+            at=change.at,
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +180,11 @@ class JobRecord:
     received_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    instance: str | None
+    claimed_at: datetime | None
+    lease_expires_at: datetime | None
+    claim_token: str | None
+    db_session: str | None
 
 
 def utcnow() -> datetime:
@@ -96,26 +235,45 @@ class JobStore:
         sha256: str,
         size: int,
         deferred: bool,
+        actor: str,
     ) -> int | None:
         """Insert a queued job; None when that spool file is already a job (queuing is idempotent)."""
-        job = Job(
-            tenant_id=self.tenant_id(tenant),
-            file_name=file_name,
-            spool_path=spool_path,
-            sha256=sha256,
-            size=size,
-            status=QUEUED,
-            deferred=deferred,
-            received_at=utcnow(),
-        )
-        with Session(self.engine) as session:
-            session.add(job)
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                return None
-            return job.id
+        tenant_id = self.tenant_id(tenant)
+        now = utcnow()
+        try:
+            with write_transaction(self.engine) as conn:
+                job_id: int = conn.execute(
+                    insert(Job)
+                    .values(
+                        tenant_id=tenant_id,
+                        file_name=file_name,
+                        spool_path=spool_path,
+                        sha256=sha256,
+                        size=size,
+                        status=QUEUED,
+                        deferred=deferred,
+                        priority=0,
+                        approved=False,
+                        finalized=False,
+                        attempts=0,
+                        received_at=now,
+                    )
+                    .returning(text("id"))
+                ).scalar_one()
+                change = StateChange(
+                    job_id=job_id,
+                    tenant_id=tenant_id,
+                    from_status=None,
+                    to_status=QUEUED,
+                    actor=actor,
+                    code=None,
+                    message=None,
+                    at=now,
+                )
+                record_change(conn, change)
+        except IntegrityError:
+            return None
+        return job_id
 
     def has_spool_path(self, spool_path: str) -> bool:
         with Session(self.engine) as session:
@@ -184,15 +342,21 @@ class JobStore:
                 .limit(1)
             ).first()
 
-    def finish(self, conn: Connection, job_id: int, **values: Any) -> None:
-        """Record a job's outcome inside the caller's transaction (the same one that applied it)."""
-        if "counts" in values and values["counts"] is not None:
-            values["counts"] = json.dumps(values["counts"], sort_keys=True)
-        conn.execute(update(Job).where(col(Job.id) == job_id).values(**values))
+    def mark_finalized(self, job_id: int) -> None:
+        """Result files and archive are in place (a flag, not a state change)."""
+        with write_transaction(self.engine) as conn:
+            conn.execute(update(Job).where(col(Job.id) == job_id).values(finalized=True))
 
-    def set(self, job_id: int, **values: Any) -> None:
-        with self.engine.begin() as conn:
-            self.finish(conn, job_id, **values)
+    def change(self, job_id: int, to_status: str, **kwargs: Any) -> StateChange:
+        """``change_state`` in a transaction of its own."""
+        with write_transaction(self.engine) as conn:
+            return change_state(conn, job_id, to_status, **kwargs)
+
+    def events(self, job_id: int) -> list[JobEvent]:
+        """The job's state changes, oldest first."""
+        with Session(self.engine) as session:
+            query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))
+            return list(session.exec(query).all())
 
     def unfinalized(self) -> list[JobRecord]:
         query = (
@@ -214,14 +378,14 @@ class JobStore:
         with Session(self.engine) as session:
             return int(session.exec(query).one())
 
-    def transition(self, job_id: int, allowed: Sequence[str], verb: str, **values: Any) -> JobRecord:
-        job = self.get(job_id)
-        if job.status not in allowed:
-            raise UsageError(f"job {job_id} is {job.status}; only {' or '.join(allowed)} jobs can be {verb}")
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(Job).where(col(Job.id) == job_id, col(Job.status) == job.status).values(**values)
-            ).rowcount
-        if not changed:
-            raise UsageError(f"job {job_id} changed while this command ran; look at it again")
+    def transition(
+        self, job_id: int, allowed: Sequence[str], verb: str, to_status: str, *, actor: str, **values: Any
+    ) -> JobRecord:
+        """An operator's change (approve, reject, retry): refused unless the job is in *allowed*."""
+        try:
+            self.change(job_id, to_status, actor=actor, allowed=allowed, **values)
+        except StateConflict as exc:
+            raise UsageError(
+                f"job {job_id} is {exc.current}; only {' or '.join(allowed)} jobs can be {verb}"
+            ) from None
         return self.get(job_id)

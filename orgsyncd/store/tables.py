@@ -72,14 +72,46 @@ class Membership(SQLModel, table=True):
     learner_id: int = Field(foreign_key="learner.id", primary_key=True)
 
 
+RUNNING_ONLY = "status = 'running'"
+UNFINALIZED_ONLY = "finalized = false"
+
+
 class Job(SQLModel, table=True):
-    """One roster file. Status: queued, deferred, running, succeeded, partially_succeeded, failed,
-    held, rejected, duplicate. ``finalized`` turns true once result files and archive are in place."""
+    """One roster file. Status: queued, running, succeeded, partially_succeeded, failed, held,
+    rejected, duplicate (see ``store/jobs.py`` for the state machine). ``finalized`` turns true once
+    result files and archive are in place.
+
+    The claim columns say who works on it: ``instance`` (kept after the job ends, as history),
+    ``claimed_at``, ``lease_expires_at`` (renewed by heartbeats), ``claim_token`` (changes with
+    every claim; the outcome is written only by the holder of the current token) and
+    ``db_session`` (the PostgreSQL backend of the claim's connection, ended when another instance
+    takes over an expired lease, so a hung transaction cannot hold row locks forever).
+    """
 
     __tablename__ = "job"
     __table_args__ = (
         Index("ix_job_tenant_status", "tenant_id", "status"),
         Index("ix_job_tenant_sha", "tenant_id", "sha256"),
+        # The database, not the code, keeps a tenant to one running job (procrastinate's lock index).
+        Index(
+            "uq_job_running_tenant",
+            "tenant_id",
+            unique=True,
+            sqlite_where=text(RUNNING_ONLY),
+            postgresql_where=text(RUNNING_ONLY),
+        ),
+        Index(
+            "ix_job_running_lease",
+            "lease_expires_at",
+            sqlite_where=text(RUNNING_ONLY),
+            postgresql_where=text(RUNNING_ONLY),
+        ),
+        Index(
+            "ix_job_unfinalized",
+            "id",
+            sqlite_where=text(UNFINALIZED_ONLY),
+            postgresql_where=text(UNFINALIZED_ONLY),
+        ),
     )
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: int = Field(foreign_key="tenant.id")
@@ -101,6 +133,51 @@ class Job(SQLModel, table=True):
     received_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    instance: str | None = Field(default=None, max_length=255)
+    claimed_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    claim_token: str | None = Field(default=None, max_length=32)
+    db_session: str | None = Field(default=None, max_length=64)
+
+
+class JobEvent(SQLModel, table=True):
+    """One row per job state change, written in the transaction that made the change.
+
+    ``from_status`` is null for the row that created the job. ``actor`` says who: ``instance:<name>``,
+    ``cli:<user>``, ``sftp:<tenant>@<peer> <key fingerprint>``.
+    """
+
+    __tablename__ = "job_event"
+    __table_args__ = (
+        Index("ix_job_event_job", "job_id", "id"),
+        Index("ix_job_event_tenant", "tenant_id", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int
+    tenant_id: int
+    from_status: str | None = Field(default=None, max_length=24)
+    to_status: str = Field(max_length=24)
+    actor: str = Field(max_length=255)
+    code: str | None = Field(default=None, max_length=64)
+    message: str | None = Field(default=None, sa_column=Column(Text))
+    at: datetime
+
+
+class SlotClaim(SQLModel, table=True):
+    """Scheduled work that is not a job (a tenant's daily export, pruning), done once per slot by
+    whichever instance inserts the row first; an abandoned claim (its lease ran out before
+    ``done_at``) may be taken over."""
+
+    __tablename__ = "slot_claim"
+    __table_args__ = (UniqueConstraint("kind", "tenant_id", "slot", name="uq_slot_claim"),)
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    tenant_id: int
+    slot: str = Field(max_length=40)
+    instance: str = Field(max_length=255)
+    claimed_at: datetime
+    lease_expires_at: datetime
+    done_at: datetime | None = None
 
 
 class AuditEvent(SQLModel, table=True):

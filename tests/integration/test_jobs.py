@@ -107,7 +107,7 @@ def test_full_mode_threshold_holds_then_approve_applies(env: Env) -> None:
     assert env.service.run_due() == []
     with pytest.raises(UsageError, match="held"):
         env.service.import_file(env.tenant, env.write(people(1, start=200)))
-    env.service.approve(held.job_id)
+    env.service.approve(held.job_id, "cli:test")
     results = env.service.run_due()
     assert (results[0].job_id, results[0].status) == (held.job_id, "succeeded")
     assert results[1].file == "later.csv"
@@ -119,13 +119,13 @@ def test_full_mode_threshold_holds_then_approve_applies(env: Env) -> None:
 def test_full_mode_reject_applies_nothing(env: Env) -> None:
     full_setup(env)
     held = env.run(people(10), name="full_x.csv")
-    env.service.reject(held.job_id)
+    env.service.reject(held.job_id, "cli:test")
     assert env.service.jobs.get(held.job_id).status == "rejected"
     assert env.summary_json(held)["status"] == "rejected"
     assert (env.dirs.archive / f"full_x.{held.job_id}.csv").exists()
     assert env.learner("p15@example.com").license_type == LIC
     with pytest.raises(UsageError, match="only held"):
-        env.service.approve(held.job_id)
+        env.service.approve(held.job_id, "cli:test")
 
 
 def test_full_mode_under_threshold_deactivates_the_absent(env: Env) -> None:
@@ -162,12 +162,12 @@ def test_retry_after_fixing_the_config(env: Env) -> None:
     )
     assert failed.status == "failed"
     env.reconfigure(licenses={LIC: 0, "gold": 0})
-    env.service.retry(failed.job_id)
+    env.service.retry(failed.job_id, "cli:test")
     [result] = env.service.run_due()
     assert (result.job_id, result.status) == (failed.job_id, "succeeded")
     assert env.learner("a@example.com").license_type == "gold"
     with pytest.raises(UsageError):
-        env.service.retry(result.job_id)
+        env.service.retry(result.job_id, "cli:test")
 
 
 def test_dry_run_changes_nothing(env: Env) -> None:
