@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str | None]:
-    """A fresh database on the server named by ORGSYNCD_TEST_PG_URL, dropped after the run."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        yield None
-        return
+@contextmanager
+def fresh_pg_database(base: str) -> Iterator[str]:
+    """A new database on the server of ``base`` (any database name in it is only for connecting)."""
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -51,6 +48,17 @@ def pg_url() -> Iterator[str | None]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str | None]:
+    """A fresh database on the server named by ORGSYNCD_TEST_PG_URL, dropped after the run."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        yield None
+        return
+    with fresh_pg_database(base) as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str | None) -> str:
     if request.param == "sqlite":
@@ -58,6 +66,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str | None) -
     if pg_url is None:
         pytest.skip(PG_SKIP)
     return pg_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own, with no schema yet (for migrations)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(PG_SKIP)
+    with fresh_pg_database(base) as url:
+        yield url
 
 
 @pytest.fixture
@@ -72,4 +93,7 @@ def env(tmp_path: Path, db_url: str, tenant_name: str) -> Iterator[object]:
 
     environment = Env(root=tmp_path, db_url=db_url, tenant=tenant_name)
     yield environment
-    environment.close()
+    try:
+        assert environment.broken_references() == {}, "an import left rows pointing at nothing"
+    finally:
+        environment.close()

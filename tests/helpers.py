@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncssh
 import paramiko
+from sqlalchemy import text
 
 from orgsyncd.config import Settings
 from orgsyncd.core.results import Summary
@@ -104,6 +105,43 @@ class Env:
 
     def outcomes(self, summary: Summary) -> list[tuple[str, str, str]]:
         return [(r["row"], r["outcome"], r["code"]) for r in self.results(summary)]
+
+    def broken_references(self) -> dict[str, int]:
+        """Rows of this tenant that point at a learner, group or tenant that is not there (or is
+        another tenant's). The bulk tables have no foreign keys, so this is what checks them."""
+        if self._service is None:
+            return {}
+        with self.service.engine.connect() as conn:
+            tenant = self.service.jobs.tenant_id(self.tenant)
+            found = {
+                name: int(conn.execute(text(sql), {"t": tenant}).scalar_one()) for name, sql in _REFERENCES
+            }
+        return {name: n for name, n in found.items() if n}
+
+
+# Each counts one kind of dangling reference among tenant :t's rows.
+_REFERENCES = (
+    (
+        "audit_event.learner_id",
+        "SELECT COUNT(*) FROM audit_event e JOIN job j ON j.id = e.job_id WHERE j.tenant_id = :t "
+        "AND NOT EXISTS (SELECT 1 FROM learner l WHERE l.id = e.learner_id AND l.tenant_id = :t)",
+    ),
+    (
+        "license_assignment.learner_id",
+        "SELECT COUNT(*) FROM license_assignment a WHERE a.tenant_id = :t AND NOT EXISTS "
+        "(SELECT 1 FROM learner l WHERE l.id = a.learner_id AND l.tenant_id = :t)",
+    ),
+    (
+        "membership.learner_id",
+        "SELECT COUNT(*) FROM membership m JOIN learner_group g ON g.id = m.group_id WHERE g.tenant_id = :t "
+        "AND NOT EXISTS (SELECT 1 FROM learner l WHERE l.id = m.learner_id AND l.tenant_id = :t)",
+    ),
+    (
+        "membership.group_id",
+        "SELECT COUNT(*) FROM membership m JOIN learner l ON l.id = m.learner_id WHERE l.tenant_id = :t "
+        "AND NOT EXISTS (SELECT 1 FROM learner_group g WHERE g.id = m.group_id AND g.tenant_id = :t)",
+    ),
+)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,13 @@ class Sql:
         args = ", ".join(f"'{key}', {expr}" for key, expr in pairs)
         return f"json_build_object({args})::text" if self.pg else f"json_object({args})"
 
+    @property
+    def in_line_order(self) -> str:
+        """Insert in line order, so new ids and the tables' physical order follow the file. On
+        SQLite the plan's rowid is the line, so this costs nothing; on PostgreSQL the plan is
+        already written in line order and the sort would spill a million wide rows to disk."""
+        return "" if self.pg else " ORDER BY line"
+
     def time(self, value: datetime) -> Any:
         # SQLite keeps SQLAlchemy's text format for DateTime columns; PostgreSQL takes the object.
         if self.pg:
@@ -666,7 +673,7 @@ class Applier:
             "INSERT INTO learner (id, tenant_id, uid, email, first_name, last_name, title, status, "
             "license_type, fp, created_job_id, updated_job_id, created_at, updated_at) "
             "SELECT lid, :t, n_uid, n_email, n_first, n_last, n_title, n_status, n_lic, fp, :job, :job, "
-            f":now, :now FROM {self.src} WHERE outcome = 'created' ORDER BY line",
+            f":now, :now FROM {self.src} WHERE outcome = 'created'{self.sql.in_line_order}",
             self.p,
         )
 
@@ -674,21 +681,22 @@ class Applier:
         self.sql.run(
             "INSERT INTO license_assignment (tenant_id, learner_id, license_type, started_at, "
             f"started_job_id) SELECT :t, lid, lic_on, :now, :job FROM {self.src} "
-            "WHERE outcome <> 'error' AND act = 1 ORDER BY line",
+            f"WHERE outcome <> 'error' AND act = 1{self.sql.in_line_order}",
             self.p,
         )
 
     def _apply_groups(self, group_ids: list[int], inactive: int | None) -> None:
         # With an inactive group, a deactivated learner's group columns are overruled by the move.
         eligible = "outcome <> 'error'" + (" AND outcome <> 'deactivated'" if inactive is not None else "")
+        insert = (
+            f"INSERT INTO membership (group_id, learner_id) SELECT :gid, lid FROM {self.src} WHERE {eligible}"
+        )
         for i, gid in enumerate(group_ids):
             params = {"gid": gid}
-            self.sql.run(
-                f"INSERT INTO membership (group_id, learner_id) SELECT :gid, lid FROM {self.src} "
-                f"WHERE {eligible} AND d{i} = 1 ON CONFLICT DO NOTHING",
-                params,
-            )
-            if self.touches_existing:  # only a learner that exists can leave a group
+            if self.creates:  # a new learner is in no group yet: a plain insert, no conflict check
+                self.sql.run(f"{insert} AND d{i} = 1 AND is_new = 1", params)
+            if self.touches_existing:  # only a learner that exists can already be in it, or leave it
+                self.sql.run(f"{insert} AND d{i} = 1 AND is_new = 0 ON CONFLICT DO NOTHING", params)
                 self.sql.run(
                     "DELETE FROM membership WHERE group_id = :gid AND learner_id IN "
                     f"(SELECT lid FROM {self.src} WHERE {eligible} AND d{i} = -1)",
