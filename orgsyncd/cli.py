@@ -13,6 +13,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from orgsyncd.codes import where_to_read
 from orgsyncd.config import Settings, load_settings
 from orgsyncd.core.results import Summary, iso
 from orgsyncd.errors import OrgsyncError, UsageError
@@ -129,7 +130,8 @@ def _failure_sentence(summary: Summary) -> str:
         return f"job {summary.job_id} is held: {summary.extra.get('message', 'threshold exceeded')}"
     error = summary.extra.get("error")
     if error:
-        return f"the file was rejected ({error['code']}): {error['message']}"
+        code = error["code"]
+        return f"the file was rejected ({code}): {error['message']}; see {where_to_read(code)}"
     return "every row of the file failed; see the results file"
 
 
