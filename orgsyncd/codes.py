@@ -1,5 +1,5 @@
 """Every code a user can read: on a line of a results file (row 0 for the file, row > 0 for a row),
-in a summary's ``error``, or as a job's ``error_code`` in ``orgsyncd jobs show``.
+in a summary's ``error``, or as a job's ``error_code`` or an event's ``code`` in ``orgsyncd jobs show``.
 
 To add a code:
   1. one line in ``CODES`` below: ``"your_code": Code(<scope>, "<one-line meaning>")``, where scope
@@ -67,11 +67,23 @@ CODES: Final[dict[str, Code]] = {
     "uid_adopted": Code(ROW, "note: a learner known by email only was given the row's unique_user_id"),
     # -- the job record ------------------------------------------------------------------------
     "internal_error": Code(JOB, "the job crashed three times (not a problem of the file); it is failed"),
+    "approved": Code(JOB, "event: an operator released the held job; it applies at the next run"),
+    "retried": Code(JOB, "event: an operator queued the failed job again"),
 }
 
 # Codes of errors that reach people only as one sentence on stderr (the CLI, a failed start-up),
 # never as a code; they need no troubleshooting entry.
-SENTENCE_ONLY: Final = frozenset({"error", "config_error", "usage_error", "not_found", "injected_fault"})
+SENTENCE_ONLY: Final = frozenset(
+    {
+        "error",
+        "config_error",
+        "usage_error",
+        "not_found",
+        "injected_fault",
+        "job_state_conflict",  # "job 7 is queued, not held"
+        "lease_lost",  # another instance took the job over; this attempt is void (logged)
+    }
+)
 
 
 def meaning(code: str) -> str | None:

@@ -43,6 +43,11 @@ _PASS_THROUGH = {
     ("jobrunner.py", "write_operator_outcome"),  # Issue("error", status, ...)
     ("jobrunner.py", "dry_run"),  # {"code": exc.code} of a FileRejected
     ("errors.py", "__init__"),  # FileRejected's own constructor
+    ("jobrunner.py", "_finish"),  # error_code=values.get("error_code") into the state change
+    ("jobrunner.py", "_plan_and_apply"),  # error_code=held_code (assigned a literal just before)
+    ("store/jobs.py", "change_state"),  # code=code of its caller, onto the job event
+    ("store/jobs.py", "record_change"),  # code=change.code
+    ("cli.py", "jobs_show"),  # {"code": event.code} of a stored job event
 }
 _HEADING = re.compile(r"^###\s+`([a-z][a-z0-9_]*)`\s*$", re.MULTILINE)
 
@@ -56,6 +61,7 @@ class Found:
 
 def scan_source(text: str, module: str, found: Found) -> None:
     tree = ast.parse(text)
+    in_class_body = {id(stmt) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for stmt in c.body}
     for func, node in _walk_with_function(tree):
         where = f"{module}:{getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.Call):
@@ -68,10 +74,19 @@ def scan_source(text: str, module: str, found: Found) -> None:
             for stmt in node.body:
                 if _is_code_attribute(stmt):
                     found.class_codes.setdefault(stmt.value.value, where)  # type: ignore[attr-defined]
+        elif isinstance(node, ast.Assign) and id(node) not in in_class_body:
+            local = any(_names_a_code(t) for t in node.targets)
+            if local and isinstance(node.value, ast.Constant | ast.IfExp):  # x_code = "a" if b else None
+                _take(node.value, module, func, where, found)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             for match in _SQL_CODE.finditer(node.value):
                 if match.group(1) not in _NOT_CODES:
                     found.codes.setdefault(match.group(1), where)
+
+
+def _names_a_code(target: ast.expr) -> bool:
+    """A variable such as ``code`` or ``held_code``."""
+    return isinstance(target, ast.Name) and (target.id == "code" or target.id.endswith("_code"))
 
 
 def _is_code_attribute(stmt: ast.stmt) -> bool:
@@ -178,10 +193,11 @@ def test_scan_of_a_new_emitter() -> None:
         "def g(conn):\n"
         "    conn.run(\"UPDATE pl SET err = 'revert_conflict' WHERE x\")\n"
         "    conn.run(\"CASE WHEN a THEN 'signature_invalid' WHEN b THEN 'created' END\")\n"
+        "    held_code = 'empty_roster' if conn else None\n"
         "    return Issue('error', code_of(conn), 'm')\n"
     )
     scan_source(source, "x.py", result)
-    assert set(result.codes) == {"header_changed", "revert_conflict", "signature_invalid"}
+    assert set(result.codes) == {"header_changed", "revert_conflict", "signature_invalid", "empty_roster"}
     assert set(result.class_codes) == {"stale_file"}
     assert result.dynamic == {("x.py", "g")}
 
