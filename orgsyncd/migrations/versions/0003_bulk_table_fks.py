@@ -1,7 +1,7 @@
 """drop the foreign keys of the bulk-written tables
 
 Revision ID: bulk_table_fks
-Revises: 0001
+Revises: job_claims
 Create Date: 2026-12-02
 
 An import writes learner, license_assignment and membership with set-based statements, one plan
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "bulk_table_fks"
-down_revision: str | None = "0001"
+down_revision: str | None = "job_claims"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
