@@ -566,17 +566,7 @@ class Applier:
         return int(gid)
 
     def _audit(self, full: bool) -> None:
-        before = self.sql.json_object(
-            _snapshot(
-                "l.email",
-                "l.uid",
-                "l.first_name",
-                "l.last_name",
-                "l.title",
-                "l.status",
-                "l.license_type",
-            )
-        )
+        before = self.sql.json_object(_OLD_VALUES)
         after = self.sql.json_object(_NEW_VALUES)
         created = self.sql.json_object(
             [
@@ -588,7 +578,7 @@ class Applier:
         if self.touches_existing:
             self.sql.run(
                 f"{insert} SELECT :job, s.lid, s.outcome, {before}, {after}, :now FROM {self.src} s "
-                f"JOIN learner l ON l.id = s.lid WHERE s.outcome IN {_APPLIED}",
+                f"JOIN learner l ON l.id = s.lid WHERE s.outcome IN {_APPLIED} AND {_FIELDS_DIFFER}",
                 self.p,
             )
             self._audit_groups()
@@ -726,7 +716,19 @@ def _snapshot(*exprs: str) -> list[tuple[str, str]]:
     return list(zip(keys, exprs, strict=True))
 
 
+_OLD_VALUES = _snapshot(
+    "l.email", "l.uid", "l.first_name", "l.last_name", "l.title", "l.status", "l.license_type"
+)
 _NEW_VALUES = _snapshot("s.n_email", "s.n_uid", "s.n_first", "s.n_last", "s.n_title", "s.n_status", "s.n_lic")
+# An update that changes only groups has its group_added/removed entries; a field entry whose
+# before equals its after would say nothing.
+_FIELDS_DIFFER = (
+    "("
+    + " OR ".join(
+        f"{old} IS DISTINCT FROM {new}" for (_, old), (_, new) in zip(_OLD_VALUES, _NEW_VALUES, strict=True)
+    )
+    + ")"
+)
 
 
 def result_lines(conn: Connection, default: str) -> Iterator[tuple[int, str, str | None, str | None]]:

@@ -56,6 +56,12 @@ def test_worked_example_day1_then_day2(env: Env) -> None:
     assert env.learner("jane.smith@example.com").groups == []
     export = env.export()
     assert "Jonathan" in export and ",jane.smith@example.com,HR Partner,active,0,0" in export
+    jane, john = (env.learner(e) for e in ("jane.smith@example.com", "john.doe@example.com"))
+    # Leaving a group is the learner's only change: its own entry, no field entry saying nothing.
+    assert [(e.action, e.after) for e in env.service.learners.audit(jane.id)][1:] == [("group_removed", "HR")]
+    [renamed] = [e for e in env.service.learners.audit(john.id) if e.action == "updated"]
+    assert renamed.before is not None and renamed.after is not None
+    assert (renamed.before["first_name"], renamed.after["first_name"]) == ("John", "Jonathan")
 
 
 def test_spec_example_file_gives_the_spec_results(env: Env) -> None:
