@@ -26,6 +26,7 @@ from orgsyncd import faults
 from orgsyncd.config import Settings, TenantConfig
 from orgsyncd.core.header import HeaderRules, Issue, Layout, analyse_header
 from orgsyncd.core.reader import Record, read_echo_records, read_records
+from orgsyncd.core.report import HeldPlan, IssueGroup, ReportData, SeatUsage, render
 from orgsyncd.core.results import ResultsWriter, Summary, empty_counts, summary_status, write_json
 from orgsyncd.core.rows import RowRules, RowValidator, roster_rows
 from orgsyncd.errors import FileRejected
@@ -35,6 +36,7 @@ from orgsyncd.paths import (
     atomic_replace,
     is_roster_name,
     mode_from_name,
+    report_path,
     result_paths,
     tenant_dirs,
 )
@@ -59,6 +61,7 @@ from orgsyncd.store.jobs import (
     tenant_lock_key,
     utcnow,
 )
+from orgsyncd.store.reporting import plan_issues, seats_in_use
 
 log = structlog.get_logger("orgsyncd.import")
 Progress = Callable[[int], None]
@@ -160,9 +163,7 @@ class JobRunner:
     def finalize(self, job: JobRecord) -> None:
         """Move result files into results/ and the input into archive/. Idempotent."""
         dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
-        for tmp, final in zip(
-            self._tmp_paths(dirs, job.id), result_paths(dirs, job.file_name, job.id), strict=True
-        ):
+        for tmp, final in self._moves(dirs, job):
             if tmp.exists():
                 atomic_replace(tmp, final)
         spool = Path(job.spool_path)
@@ -216,10 +217,15 @@ class JobRunner:
                 faults.checkpoint("after_plan")
                 summary = self._summary(run)
                 self._fill(summary, plan, staged.layout.warnings)
+                before = seats_in_use(conn, job.tenant_id)
+                after = before
                 if plan.held_reason is None:
                     Applier(conn, request).apply(plan.counts)
+                    after = seats_in_use(conn, job.tenant_id)
                 faults.checkpoint("after_apply")
                 self._write_results(run, summary, staged, conn, plan.default_outcome)
+                issues = [*_file_issue_groups(staged.layout.warnings), *plan_issues(conn)]
+                self._write_report(run, summary, _seat_rows(run.tenant, before, after), issues, plan)
                 held_code = "threshold_exceeded" if plan.held_reason else None
                 self._finish(conn, run, summary, error_code=held_code, error_message=plan.held_reason)
                 faults.checkpoint("before_commit")
@@ -322,12 +328,37 @@ class JobRunner:
             )
         write_json(json_tmp, summary.as_dict())
 
+    def _write_report(
+        self,
+        run: _Run,
+        summary: Summary,
+        seats: list[SeatUsage],
+        issues: list[IssueGroup],
+        plan: Plan | None = None,
+    ) -> None:
+        """The person-readable report, under its temporary name like the other result files."""
+        held = None
+        if summary.status == "held" and plan is not None:
+            # Learners a full file leaves out are deactivated too, though no row of it says so.
+            would = {**plan.counts, "deactivated": plan.counts.get("deactivated", 0) + plan.absent}
+            held = HeldPlan(reason=plan.held_reason or "", would=would)
+        names = [p.name for p in result_paths(run.dirs, run.job.file_name, run.job.id)]
+        data = ReportData(
+            summary=summary.as_dict(),
+            seats=seats,
+            issues=issues,
+            held=held,
+            files={"Results, one line per input row": names[0], "Summary (JSON)": names[1]},
+        )
+        with _atomic_text(self._report_tmp(run.dirs, run.job.id)) as out:
+            out.write(render(data))
+
     def _file_failed(self, run: _Run, exc: FileRejected) -> Summary:
         summary = self._summary(run)
         summary.status, summary.finished_at = "failed", utcnow()
         summary.extra["error"] = {"code": exc.code, "message": exc.message}
         log.warning("import_rejected", code=exc.code, reason=exc.message)
-        self._write_simple(run.dirs, run.job, summary, [Issue("error", exc.code, exc.message)])
+        self._write_simple(run, summary, [Issue("error", exc.code, exc.message)])
         self._record_terminal(run, summary, error_code=exc.code, error_message=exc.message)
         return summary
 
@@ -340,7 +371,7 @@ class JobRunner:
         )
         summary.extra["duplicate_of"] = earlier
         log.info("import_duplicate", duplicate_of=earlier)
-        self._write_simple(run.dirs, run.job, summary, [Issue("warning", "duplicate_file", message)])
+        self._write_simple(run, summary, [Issue("warning", "duplicate_file", message)])
         self._record_terminal(
             run, summary, duplicate_of=earlier, error_code="duplicate_file", error_message=message
         )
@@ -359,17 +390,21 @@ class JobRunner:
         summary = self._summary(run)
         summary.status, summary.finished_at = status, utcnow()
         summary.extra["message"] = message
-        self._write_simple(run.dirs, job, summary, [Issue("error", status, message)])
+        self._write_simple(run, summary, [Issue("error", status, message)])
         self.finalize(self.jobs.get(job.id))
 
-    def _write_simple(self, dirs: TenantDirs, job: JobRecord, summary: Summary, issues: list[Issue]) -> None:
-        csv_tmp, json_tmp = self._tmp_paths(dirs, job.id)
+    def _write_simple(self, run: _Run, summary: Summary, issues: list[Issue]) -> None:
+        """Result files of a job that applied nothing (a file-level error, a duplicate, a reject)."""
+        csv_tmp, json_tmp = self._tmp_paths(run.dirs, run.job.id)
         if summary.status != "duplicate":
             summary.counts["error"] = sum(1 for i in issues if i.outcome == "error")
         summary.counts["warning"] = sum(1 for i in issues if i.outcome == "warning")
         with _atomic_text(csv_tmp) as out:
             ResultsWriter(out, None).issues(issues)
         write_json(json_tmp, summary.as_dict())
+        with self.engine.connect() as conn:
+            seats = seats_in_use(conn, run.job.tenant_id)
+        self._write_report(run, summary, _seat_rows(run.tenant, seats, seats), _file_issue_groups(issues))
 
     def _record_terminal(self, run: _Run, summary: Summary, **values: Any) -> None:
         """A job that ends without an import (unsupported, rejected file, duplicate)."""
@@ -403,6 +438,17 @@ class JobRunner:
     def _tmp_paths(self, dirs: TenantDirs, job_id: int) -> tuple[Path, Path]:
         return dirs.spool / f"{job_id}.results.csv.tmp", dirs.spool / f"{job_id}.summary.json.tmp"
 
+    def _report_tmp(self, dirs: TenantDirs, job_id: int) -> Path:
+        return dirs.spool / f"{job_id}.report.html.tmp"
+
+    def _moves(self, dirs: TenantDirs, job: JobRecord) -> list[tuple[Path, Path]]:
+        """(temporary, final) for every result file of a job, in the order they are moved."""
+        moves = list(
+            zip(self._tmp_paths(dirs, job.id), result_paths(dirs, job.file_name, job.id), strict=True)
+        )
+        moves.append((self._report_tmp(dirs, job.id), report_path(dirs, job.file_name, job.id)))
+        return moves
+
     def _unsupported(self, job: JobRecord) -> FileRejected:
         return FileRejected(
             "unsupported_file_type",
@@ -424,6 +470,31 @@ def _unlink_inbox_copy(inbox_file: Path, spool: Path) -> None:
             inbox_file.unlink()
     except FileNotFoundError:
         pass
+
+
+def _seat_rows(tenant: TenantConfig, before: dict[str, int], after: dict[str, int]) -> list[SeatUsage]:
+    """Every configured licence type, and any other one learners still hold."""
+    names = sorted(set(tenant.licenses) | set(before) | set(after))
+    return [
+        SeatUsage(
+            license=name,
+            seats=tenant.licenses.get(name, 0),
+            before=before.get(name, 0),
+            after=after.get(name, 0),
+        )
+        for name in names
+    ]
+
+
+def _file_issue_groups(issues: list[Issue]) -> list[IssueGroup]:
+    """File-level issues (line 0) grouped by code, like the row issues."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for issue in issues:
+        grouped.setdefault((issue.code, issue.outcome), []).append(issue.message)
+    return [
+        IssueGroup(code=code, outcome=outcome, count=len(messages), examples=[(0, m) for m in messages])
+        for (code, outcome), messages in grouped.items()
+    ]
 
 
 def _fingerprint_seed(layout: Layout, tenant: TenantConfig) -> int:

@@ -88,6 +88,11 @@ def result_paths(dirs: TenantDirs, name: str, job_id: int) -> tuple[Path, Path]:
     )
 
 
+def report_path(dirs: TenantDirs, name: str, job_id: int) -> Path:
+    stem, _ = roster_stem_and_suffix(name)
+    return dirs.results / f"{stem}.{job_id}.report.html"
+
+
 def archive_path(dirs: TenantDirs, name: str, job_id: int) -> Path:
     stem, suffix = roster_stem_and_suffix(name)
     return dirs.archive / f"{stem}.{job_id}{suffix}"

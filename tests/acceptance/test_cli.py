@@ -187,7 +187,7 @@ def test_killed_mid_job_the_database_is_untouched_and_the_job_reruns_once(tmp_pa
     assert len(db_rows(tmp_path, "SELECT id FROM learner")) == 8
     assert db_rows(tmp_path, "SELECT status FROM job ORDER BY id") == [("succeeded",), ("succeeded",)]
     results = sorted(p.name for p in (tmp_path / "data/tenants/acme/results").glob("next.*"))
-    assert results == ["next.2.results.csv", "next.2.summary.json"]
+    assert results == ["next.2.report.html", "next.2.results.csv", "next.2.summary.json"]
 
 
 def test_killed_at_a_random_moment_the_job_applies_exactly_once(tmp_path: Path) -> None:

@@ -197,7 +197,7 @@ def test_a_crash_before_commit_leaves_the_database_untouched(
     [result] = env.service.run_due()
     assert result.status == "succeeded"
     assert env.learner("p0@example.com").status == "deactivated"
-    assert len(list(env.dirs.results.glob("next.*"))) == 2
+    assert len(list(env.dirs.results.glob("next.*"))) == 3  # results, summary, report
 
 
 def test_a_crash_after_commit_is_finished_at_the_next_start(
@@ -214,6 +214,7 @@ def test_a_crash_after_commit_is_finished_at_the_next_start(
     assert not list(env.dirs.results.iterdir())
     env.service.recover()  # what start-up does
     assert sorted(p.name for p in env.dirs.results.iterdir()) == [
+        f"a.{job.id}.report.html",
         f"a.{job.id}.results.csv",
         f"a.{job.id}.summary.json",
     ]
