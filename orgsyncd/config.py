@@ -77,6 +77,7 @@ class SftpConfig(_Section):
     max_auth_failures_per_ip: int = Field(default=10, ge=1)
     ban_s: float = Field(default=900.0, ge=0)
     max_sessions_per_tenant: int = Field(default=8, ge=1)
+    resume_window_s: float = Field(default=3600.0, ge=0)
 
     @field_validator("listen")
     @classmethod

@@ -4,6 +4,7 @@
 <data_dir>/tenants/<tenant>/{inbox,results,exports,archive}   what the tenant sees over SFTP
 <data_dir>/spool/<tenant>/                                  queued inputs, invisible to SFTP
 <data_dir>/staging/                                         uploads in flight, invisible to SFTP
+<data_dir>/staging/partial/<tenant>/<name>                  dropped uploads kept for resuming, invisible
 ```
 """
 
@@ -53,6 +54,11 @@ def tenant_dirs(data_dir: Path, tenant: str) -> TenantDirs:
 
 def staging_dir(data_dir: Path) -> Path:
     return data_dir / "staging"
+
+
+def partial_dir(data_dir: Path, tenant: str) -> Path:
+    """Where a tenant's dropped uploads wait to be resumed, one file per inbox name."""
+    return staging_dir(data_dir) / "partial" / tenant
 
 
 def is_temporary_name(name: str) -> bool:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import posixpath
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,7 +39,9 @@ from orgsyncd.ingest.tenantfs import (
     Handle,
     OpenMode,
     TenantFS,
+    Times,
     Upload,
+    remove_expired_partials,
     remove_stale_staging,
     virtual_realpath,
 )
@@ -113,6 +116,8 @@ _AUTH_THREADS = 2
 _CLOSE_TIMEOUT_S = 10.0
 # A staging file untouched this long belongs to no live session (they time out when idle).
 _MIN_STALE_STAGING_S = 3600.0
+# How often expired partial uploads are looked for, at most.
+_PARTIAL_SWEEP_S = 60.0
 
 
 class SftpMetrics(Protocol):
@@ -156,7 +161,7 @@ class SftpServer:
     ) -> None:
         self._hub = _Hub(settings, on_upload, metrics or NullSftpMetrics())
         self._acceptor: asyncssh.SSHAcceptor | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweepers: list[asyncio.Task[None]] = []
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         """Prepare the directories and host key, then listen (``port=0``: any free port)."""
@@ -189,7 +194,7 @@ class SftpServer:
             keepalive_interval=_KEEPALIVE_INTERVAL_S,
             keepalive_count_max=_KEEPALIVE_COUNT_MAX,
         )
-        self._sweeper = asyncio.create_task(hub.sweep_idle())
+        self._sweepers = [asyncio.create_task(hub.sweep_idle()), asyncio.create_task(hub.sweep_partials())]
         log.info("sftp_listening", host=host or sftp.host, port=self.port)
 
     @property
@@ -214,10 +219,10 @@ class SftpServer:
     async def close(self) -> None:
         """Stop listening, end every session (discarding unfinished uploads), free the threads."""
         await self.stop_accepting()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for sweeper in self._sweepers:
+            sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+                await sweeper
         await self._hub.close_all()
         if self._acceptor is not None:
             await self._acceptor.wait_closed()
@@ -299,24 +304,39 @@ class _Hub:
                     log.info("idle_timeout", tenant=login.tenant, peer=login.peer)
                     login.disconnect(asyncssh.DISC_BY_APPLICATION, "idle timeout")
 
+    async def sweep_partials(self) -> None:
+        """Delete dropped uploads nobody resumed within ``resume_window_s``."""
+        while True:
+            window_s = self.settings.sftp.resume_window_s
+            await asyncio.sleep(min(max(window_s / 4, 0.05), _PARTIAL_SWEEP_S))
+            await self.run_io(self.expire_partials)
+
     # -- disk work (runs in the I/O threads) ---------------------------------------------------
 
     def prepare_tree(self) -> None:
         """Create staging and every tenant's directories; drop staging files left by a crash."""
         staging_dir(self.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        (staging_dir(self.data_dir) / "partial").mkdir(exist_ok=True, mode=0o700)
         stale_s = max(2 * self.settings.sftp.idle_timeout_s, _MIN_STALE_STAGING_S)
         removed = remove_stale_staging(self.data_dir, stale_s, time.time())
         if removed:
             log.info("staging_cleaned", files=len(removed))
+        self.expire_partials()
         for tenant in self.settings.tenants:
             tenant_dirs(self.data_dir, tenant).create()
+
+    def expire_partials(self) -> None:
+        removed = remove_expired_partials(self.data_dir, self.settings.sftp.resume_window_s, time.time())
+        for path in removed:
+            log.info("partial_upload_expired", tenant=path.parent.name, file=path.name)
 
     def prepare_tenant(
         self, tenant: str, config: TenantConfig
     ) -> tuple[asyncssh.SSHAuthorizedKeys | None, TenantFS]:
         """At login: the tenant's keys as the file says now, and its tree (created if new)."""
         tenant_dirs(self.data_dir, tenant).create()
-        fs = TenantFS(self.data_dir, tenant, self.settings.sftp.max_file_bytes)
+        sftp = self.settings.sftp
+        fs = TenantFS(self.data_dir, tenant, sftp.max_file_bytes, sftp.resume_window_s)
         if config.authorized_keys is None:
             return None, fs
         try:
@@ -569,6 +589,14 @@ class _TenantSftp(asyncssh.SFTPServer):
         handle = await self._io(self._fs.open, path, _open_mode(pflags))
         if isinstance(handle, Upload):
             self._writers[handle] = self._new_writer(handle)
+            if handle.resumed_from:
+                log.info(
+                    "upload_resumed",
+                    tenant=self._tenant,
+                    file=handle.name,
+                    offset=handle.resumed_from,
+                    peer=self._peer,
+                )
         return handle
 
     def _new_writer(self, upload: Upload) -> UploadWriter:
@@ -636,7 +664,10 @@ class _TenantSftp(asyncssh.SFTPServer):
         if _client_went_away(self.channel):
             # asyncssh also calls close() for every handle still open when the channel or the
             # connection goes away; only a close the client sent itself may publish the file.
-            await self._discard(handle, "connection_lost")
+            if failure is None:
+                await self._keep_partial(handle)
+            else:
+                await self._discard(handle, "connection_lost")
         elif failure is not None:
             await self._discard(handle, "write_failed")
             raise failure
@@ -651,6 +682,23 @@ class _TenantSftp(asyncssh.SFTPServer):
         except OSError as exc:
             return exc
         return None
+
+    async def _keep_partial(self, upload: Upload) -> None:
+        rejected = upload.rejected is not None
+        kept = await self._io(self._fs.keep_partial, upload)
+        if rejected:
+            return  # discarded and logged when it was rejected
+        if not kept:
+            self._log_discard(upload, "connection_lost")
+            return
+        log.info(
+            "upload_interrupted",
+            tenant=self._tenant,
+            file=upload.name,
+            bytes=kept,
+            peer=self._peer,
+            resume_window_s=self._hub.settings.sftp.resume_window_s,
+        )
 
     async def _discard(self, upload: Upload, reason: str) -> None:
         await self._io(self._fs.discard, upload)
@@ -706,16 +754,28 @@ class _TenantSftp(asyncssh.SFTPServer):
         if is_temporary_name(old_name) and not is_temporary_name(final.name):
             await self._hub.notify_upload(self._tenant, final)
 
+    # -- attributes: times of one's own uploads are kept, the rest is accepted and ignored -------
+    # Clients that preserve times (sftp put -p, pscp -p, rclone, lftp mirror, WinSCP) fail when
+    # setstat fails; permissions, owners and sizes are ours to decide, so they are not applied.
+
+    async def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        if await self._io(self._fs.set_attributes, path, _times(attrs)):
+            name = posixpath.basename(os.fsdecode(virtual_realpath(path)))
+            log.info("file_times_set", tenant=self._tenant, file=name, mtime=attrs.mtime, peer=self._peer)
+
+    async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        await self.setstat(path, attrs)  # links are never followed anyway
+
+    async def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
+        handle = _handle(file_obj)
+        if not isinstance(handle, Upload):
+            await self.setstat(os.fsencode(handle.vpath.text), attrs)
+            return
+        times = _times(attrs)
+        if times is not None:
+            handle.times = times  # applied at commit, after the last write
+
     # -- refused outright ----------------------------------------------------------------------
-
-    def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
-        raise _denied("changing file attributes")
-
-    def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
-        raise _denied("changing file attributes")
-
-    def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
-        raise _denied("changing file attributes")
 
     def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         raise _denied("creating directories")
@@ -747,6 +807,17 @@ def _client_went_away(chan: asyncssh.SSHServerChannel[bytes]) -> bool:
     clients wait for the reply (OpenSSH, paramiko, libssh2, WinSCP).
     """
     return chan.is_closing() or getattr(chan, "_recv_state", "open") != "open"
+
+
+def _times(attrs: asyncssh.SFTPAttrs) -> Times | None:
+    """The times a setstat asks for (v3 sends seconds; later versions add nanoseconds)."""
+    atime = _ns(attrs.atime, attrs.atime_ns)
+    mtime = _ns(attrs.mtime, attrs.mtime_ns)
+    return None if atime is None and mtime is None else (atime, mtime)
+
+
+def _ns(seconds: int | None, nanos: int | None) -> int | None:
+    return None if seconds is None else seconds * 1_000_000_000 + (nanos or 0)
 
 
 def _open_mode(pflags: int) -> OpenMode:

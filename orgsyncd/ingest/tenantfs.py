@@ -13,7 +13,14 @@ component is opened with ``O_NOFOLLOW``/``lstat``, and the directory holding it 
 status and a message written for the client.
 
 An upload is written to a staging file outside the visible tree and moved into ``inbox/`` only by
-:meth:`TenantFS.commit`; :meth:`TenantFS.discard` throws it away.
+:meth:`TenantFS.commit`; :meth:`TenantFS.discard` throws it away. An upload whose connection dropped
+is kept by :meth:`TenantFS.keep_partial` as a *partial* (``staging/partial/<tenant>/<name>``), still
+invisible, for the resume window: a ``stat`` of its name shows the partial's size and an open of the
+name without truncation continues it (``sftp reput``, ``lftp put -c``); only a normal close of that
+upload publishes it.
+
+Attribute changes (setstat) are accepted and ignored, except the times of a tenant's own inbox file,
+which are applied; the times of an open upload are applied when it is committed.
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ import posixpath
 import secrets
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orgsyncd.paths import VISIBLE_DIRS, atomic_replace, staging_dir, tenant_dirs
+from orgsyncd.paths import VISIBLE_DIRS, atomic_replace, partial_dir, staging_dir, tenant_dirs
 
 WRITABLE_AREA = "inbox"
 STAGING_SUFFIX = ".upload"
@@ -37,6 +45,10 @@ _NAME_MAX = 255
 MAX_READ = 4 * 1024 * 1024
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _STAGING_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CLAIMED_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# (atime_ns, mtime_ns), either None when the client did not set it.
+Times = tuple[int | None, int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +97,8 @@ class Upload:
     append: bool
     size: int = 0
     rejected: str | None = None
+    resumed_from: int = 0  # bytes kept from a dropped upload this one continues
+    times: Times | None = None  # set by fsetstat, applied at commit
 
 
 Handle = Download | Upload
@@ -112,13 +126,17 @@ def virtual_realpath(raw: bytes) -> bytes:
 class TenantFS:
     """One tenant's tree on disk, seen through the rules above."""
 
-    def __init__(self, data_dir: Path, tenant: str, max_file_bytes: int) -> None:
+    def __init__(
+        self, data_dir: Path, tenant: str, max_file_bytes: int, resume_window_s: float = 0.0
+    ) -> None:
         dirs = tenant_dirs(data_dir, tenant)
         self.tenant = tenant
         self.root = dirs.root
         self.inbox = dirs.inbox
         self.staging = staging_dir(data_dir)
+        self.partials = partial_dir(data_dir, tenant)
         self.max_file_bytes = max_file_bytes
+        self.resume_window_s = resume_window_s
         self._real_root = os.path.realpath(self.root)
 
     # -- paths -------------------------------------------------------------------------------
@@ -165,7 +183,12 @@ class TenantFS:
     # -- read-side operations ------------------------------------------------------------------
 
     def stat(self, raw: bytes) -> os.stat_result:
-        return self._lstat(parse_vpath(raw))
+        vpath = parse_vpath(raw)
+        if vpath.is_inbox_file:
+            partial = self._live_partial(vpath.parts[0])
+            if partial is not None:
+                return partial  # what a resuming client continues from
+        return self._lstat(vpath)
 
     def listdir(self, raw: bytes) -> list[tuple[str, os.stat_result]]:
         vpath = parse_vpath(raw)
@@ -211,17 +234,25 @@ class TenantFS:
 
     def _open_upload(self, vpath: VPath, mode: OpenMode) -> Upload:
         target = self._writable_target(vpath, "upload")
+        name = vpath.parts[0]
         existing = _lstat_or_none(target)
+        if existing is not None and not stat.S_ISREG(existing.st_mode):
+            raise OSError(errno.EACCES, f"cannot write over {vpath.text}")
+        fresh = mode.truncate or mode.exclusive
+        if not fresh:
+            resumed = self._claim_partial(target, name, mode)
+            if resumed is not None:
+                return resumed
         if existing is not None:
-            if not stat.S_ISREG(existing.st_mode):
-                raise OSError(errno.EACCES, f"cannot write over {vpath.text}")
             if mode.exclusive:
                 raise OSError(errno.EEXIST, f"file already exists: {vpath.text}")
         elif not mode.create:
             raise OSError(errno.ENOENT, f"no such file: {vpath.text}")
-        upload = self._new_upload(target, vpath.parts[0], mode)
-        if existing is not None and not mode.truncate:
-            # Opened without truncation (resume, append): the staging copy starts as the old file.
+        upload = self._new_upload(target, name, mode)
+        if fresh:
+            self._partial(name).unlink(missing_ok=True)  # the client starts this file over
+        elif existing is not None:
+            # Opened without truncation (append): the staging copy starts as the old file.
             self._copy_existing(upload)
         return upload
 
@@ -233,11 +264,14 @@ class TenantFS:
         return self._checked_local(vpath)
 
     def _new_upload(self, target: Path, name: str, mode: OpenMode) -> Upload:
-        staging = self.staging / f"{self.tenant}.{secrets.token_hex(8)}{STAGING_SUFFIX}"
+        staging = self._staging_path()
         fd = os.open(staging, _STAGING_FLAGS, UPLOAD_MODE)
         return Upload(
             fd=fd, staging=staging, target=target, name=name, readable=mode.read, append=mode.append
         )
+
+    def _staging_path(self) -> Path:
+        return self.staging / f"{self.tenant}.{secrets.token_hex(8)}{STAGING_SUFFIX}"
 
     def _copy_existing(self, upload: Upload) -> None:
         try:
@@ -288,6 +322,9 @@ class TenantFS:
             raise OSError(errno.EFBIG, upload.rejected)
         try:
             fd = _fd(upload)
+            if upload.times is not None:
+                # After the last write (which sets mtime), before anyone can see the file.
+                os.utime(fd, ns=_times_ns(upload.times, os.fstat(fd)))
             os.fsync(fd)
             os.close(fd)
             upload.fd = None
@@ -295,6 +332,8 @@ class TenantFS:
         except BaseException:
             self.discard(upload)
             raise
+        # A complete upload of this name supersedes bytes kept from a dropped one.
+        self._partial(upload.name).unlink(missing_ok=True)
         return upload.target
 
     def discard(self, upload: Upload) -> None:
@@ -307,12 +346,104 @@ class TenantFS:
     def close_download(self, download: Download) -> None:
         os.close(download.fd)
 
+    # -- dropped uploads, kept for resuming ------------------------------------------------------
+
+    def keep_partial(self, upload: Upload) -> int:
+        """The connection dropped: keep what arrived, hidden, for the resume window.
+
+        Returns the bytes kept (0: nothing was, the upload is discarded). A newer drop of the same
+        name replaces an older one.
+        """
+        if upload.rejected or upload.fd is None or self.resume_window_s <= 0:
+            self.discard(upload)
+            return 0
+        try:
+            size = os.fstat(upload.fd).st_size
+            if size == 0:
+                self.discard(upload)
+                return 0
+            os.close(upload.fd)
+            upload.fd = None
+            os.utime(upload.staging)  # the window runs from the drop, not from the first byte
+            self.partials.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.replace(upload.staging, self._partial(upload.name))
+        except BaseException:
+            self.discard(upload)
+            raise
+        return size
+
+    def _partial(self, name: str) -> Path:
+        return self.partials / name
+
+    def _live_partial(self, name: str) -> os.stat_result | None:
+        """The kept part of a dropped upload of *name*, if there is one still inside its window."""
+        if self.resume_window_s <= 0:
+            return None
+        st = _lstat_or_none(self._partial(name))
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return None
+        if time.time() - st.st_mtime > self.resume_window_s:
+            return None  # expired: the sweeper deletes it
+        return st
+
+    def _claim_partial(self, target: Path, name: str, mode: OpenMode) -> Upload | None:
+        """Continue a dropped upload: its file becomes this upload's staging file."""
+        if self._live_partial(name) is None:
+            return None
+        staging = self._staging_path()
+        try:
+            os.rename(self._partial(name), staging)  # atomic: one session wins a partial
+        except FileNotFoundError:
+            return None
+        fd = os.open(staging, _CLAIMED_FLAGS)
+        size = os.fstat(fd).st_size
+        return Upload(
+            fd=fd,
+            staging=staging,
+            target=target,
+            name=name,
+            readable=mode.read,
+            append=mode.append,
+            size=size,
+            resumed_from=size,
+        )
+
+    # -- attributes --------------------------------------------------------------------------
+
+    def set_attributes(self, raw: bytes, times: Times | None) -> bool:
+        """setstat: True when *times* were applied (to the tenant's own inbox file).
+
+        Everything else a client may set (permissions, owner, size) is accepted and ignored, and
+        so are times on a directory or on a name whose upload is still partial (its clock is the
+        resume window). Files outside the inbox are read-only: any setstat there is refused.
+        """
+        vpath = parse_vpath(raw)
+        if not vpath.parts:
+            self._lstat(vpath)  # the root or an area: it exists, and stays as it is
+            return False
+        target = self._writable_target(vpath, "change")
+        if self._live_partial(vpath.parts[0]) is not None:
+            return False
+        self._require_regular(target, vpath)
+        if times is None:
+            return False
+        os.utime(target, ns=_times_ns(times, os.lstat(target)), follow_symlinks=False)
+        return True
+
     # -- inbox housekeeping ------------------------------------------------------------------
 
     def remove(self, raw: bytes) -> None:
+        """Remove an inbox file, and the kept part of a dropped upload of that name."""
         vpath = parse_vpath(raw)
         target = self._writable_target(vpath, "remove")
-        self._require_regular(target, vpath)
+        had_partial = self._live_partial(vpath.parts[0]) is not None
+        self._partial(vpath.parts[0]).unlink(missing_ok=True)
+        try:
+            self._require_regular(target, vpath)
+        except OSError:
+            if had_partial:
+                return
+            raise
         target.unlink()
 
     def rename(self, old_raw: bytes, new_raw: bytes, *, overwrite: bool) -> tuple[str, Path]:
@@ -345,6 +476,32 @@ def remove_stale_staging(data_dir: Path, older_than_s: float, now: float) -> lis
                 Path(entry.path).unlink(missing_ok=True)
                 removed.append(Path(entry.path))
     return removed
+
+
+def remove_expired_partials(data_dir: Path, window_s: float, now: float) -> list[Path]:
+    """Delete the kept parts of dropped uploads older than the resume window."""
+    removed: list[Path] = []
+    root = staging_dir(data_dir) / "partial"
+    if not root.is_dir():
+        return removed
+    for tenant_dir in root.iterdir():
+        if not tenant_dir.is_dir() or tenant_dir.is_symlink():
+            continue
+        with os.scandir(tenant_dir) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if now - st.st_mtime > window_s:
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _times_ns(times: Times, current: os.stat_result) -> tuple[int, int]:
+    """Fill in what the client left unset; an mtime in the future is taken as now (a file cannot
+    have been written later than now, and rescans wait for files to age)."""
+    atime, mtime = times
+    mtime_ns = current.st_mtime_ns if mtime is None else min(mtime, time.time_ns())
+    return (current.st_atime_ns if atime is None else atime, mtime_ns)
 
 
 def _fd(handle: Handle) -> int:

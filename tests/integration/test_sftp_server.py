@@ -38,7 +38,7 @@ from orgsyncd.ingest.sftp import (
     verify_password,
 )
 from orgsyncd.ingest.tenantfs import TenantFS, Upload
-from orgsyncd.paths import VISIBLE_DIRS, staging_dir, tenant_dirs
+from orgsyncd.paths import VISIBLE_DIRS, partial_dir, staging_dir, tenant_dirs
 from tests.helpers import Keys, make_keys, sftp_session, ssh_client
 
 pytestmark = pytest.mark.skipif(shutil.which("sftp") is None, reason="needs the OpenSSH client")
@@ -121,8 +121,14 @@ class Env:
         return tenant_dirs(self.data_dir, tenant).root
 
     def staged(self) -> list[str]:
+        """Uploads in flight (staging files), not the kept parts of dropped ones."""
         staging = staging_dir(self.data_dir)
-        return sorted(os.listdir(staging)) if staging.exists() else []
+        return sorted(p.name for p in staging.iterdir() if p.is_file()) if staging.exists() else []
+
+    def partials(self, tenant: str = "acme") -> dict[str, bytes]:
+        """The kept parts of dropped uploads, by inbox name."""
+        directory = partial_dir(self.data_dir, tenant)
+        return {p.name: p.read_bytes() for p in directory.iterdir()} if directory.exists() else {}
 
     def settings(self, tenants: dict[str, Any] | None = None, **sftp: Any) -> Settings:
         if tenants is None:
@@ -271,34 +277,108 @@ def test_openssh_upload_lands_in_inbox_and_is_reported_once(server: Env) -> None
     assert server.staged() == []
 
 
-def test_dropped_connection_mid_upload_leaves_nothing(server: Env) -> None:
-    client = ssh_client(server.port, "acme", pkey=server.keys.pkey("acme"))
+def drop_mid_upload(env: Env, name: str, data: bytes, *, mode: str = "wb") -> None:
+    """Write *data* to /inbox/NAME, wait until the server has it, then cut the network."""
+    client = ssh_client(env.port, "acme", pkey=env.keys.pkey("acme"))
     sftp = client.open_sftp()
-    handle = sftp.open("/inbox/half.csv", "wb")
-    handle.write(payload(200_000))
+    before = env.metrics.counts["bytes"]
+    handle = sftp.open(f"/inbox/{name}", mode)
+    handle.write(data)
     handle.flush()
-    wait_until(lambda: server.metrics.counts["bytes"] >= 200_000, "the first bytes to arrive")
-    assert len(server.staged()) == 1
-
+    wait_until(lambda: env.metrics.counts["bytes"] >= before + len(data), "the bytes to arrive")
     transport = client.get_transport()
     assert transport is not None and transport.sock is not None
     transport.sock.shutdown(socket.SHUT_RDWR)  # the network goes away; no SFTP close is sent
     client.close()
+    wait_until(lambda: env.session_count() == 0, "the session to end")
 
-    wait_until(lambda: server.session_count() == 0, "the session to end")
-    wait_until(lambda: server.staged() == [], "the staging file to be discarded")
+
+def test_a_dropped_upload_is_kept_hidden_then_resumed_and_reported_once(server: Env) -> None:
+    data = payload(300_000, seed=4)
+    with capture_logs() as logs:
+        drop_mid_upload(server, "day1.csv", data[:200_000])
+    wait_until(lambda: server.staged() == [], "the upload to leave staging")
+
+    assert server.partials() == {"day1.csv": data[:200_000]}
+    assert server.uploads == [] and list(server.inbox().iterdir()) == []
+    interrupted = [e for e in logs if e["event"] == "upload_interrupted"]
+    assert [(e["file"], e["bytes"]) for e in interrupted] == [("day1.csv", 200_000)]
+    with connect(server) as sftp:
+        assert sftp.listdir("/inbox") == []  # hidden from listings ...
+        assert sftp.stat("/inbox/day1.csv").st_size == 200_000  # ... but stat shows what arrived
+        with sftp.open("/inbox/day1.csv", "a") as handle:  # sftp reput: APPEND, no truncation
+            handle.write(data[200_000:])
+        assert sftp.stat("/inbox/day1.csv").st_size == len(data)
+    assert server.uploads == [("acme", server.inbox() / "day1.csv", data)]
+    assert server.partials() == {} and server.staged() == []
+
+
+def test_a_resumed_upload_continues_at_the_offsets_the_client_gives(server: Env) -> None:
+    data = payload(120_000, seed=5)
+    drop_mid_upload(server, "day2.csv", data[:50_000])
+    with connect(server) as sftp:
+        offset = sftp.stat("/inbox/day2.csv").st_size
+        with sftp.open("/inbox/day2.csv", "r+") as handle:  # lftp put -c: WRITE, no TRUNC/APPEND
+            handle.seek(offset)
+            handle.write(data[offset:])
+    assert server.uploads == [("acme", server.inbox() / "day2.csv", data)]
+
+
+def test_a_resumed_upload_dropped_again_keeps_everything_so_far(server: Env) -> None:
+    data = payload(90_000, seed=6)
+    drop_mid_upload(server, "day3.csv", data[:30_000])
+    drop_mid_upload(server, "day3.csv", data[30_000:60_000], mode="ab")
+    assert server.partials() == {"day3.csv": data[:60_000]}
     assert server.uploads == []
-    assert list(server.inbox().iterdir()) == []
 
 
-def test_channel_closed_mid_upload_leaves_nothing(server: Env) -> None:
+def test_a_fresh_upload_replaces_the_kept_part_and_remove_deletes_it(server: Env) -> None:
+    drop_mid_upload(server, "day4.csv", payload(40_000))
+    drop_mid_upload(server, "gone.csv", payload(40_000))
+    with connect(server) as sftp:
+        sftp.putfo(io.BytesIO(b"new,file\n"), "/inbox/day4.csv")  # put: WRITE|CREAT|TRUNC
+        assert "day4.csv" not in server.partials()
+        sftp.remove("/inbox/gone.csv")  # the client gives up on the dropped upload
+        with pytest.raises(FileNotFoundError):
+            sftp.stat("/inbox/gone.csv")
+    assert server.partials() == {}
+    assert [(p.name, d) for _, p, d in server.uploads] == [("day4.csv", b"new,file\n")]
+
+
+def test_a_kept_part_expires_after_the_resume_window(env: Env) -> None:
+    env.start(env.settings(resume_window_s=0.5))
+    with capture_logs() as logs:
+        drop_mid_upload(env, "late.csv", payload(10_000))
+        assert list(env.partials()) == ["late.csv"]
+        wait_until(lambda: env.partials() == {}, "the sweeper to delete the expired part")
+    assert [e["file"] for e in logs if e["event"] == "partial_upload_expired"] == ["late.csv"]
+    with connect(env) as sftp:
+        with pytest.raises(FileNotFoundError):
+            sftp.stat("/inbox/late.csv")
+        with sftp.open("/inbox/late.csv", "a") as handle:  # nothing left to continue: a new file
+            handle.write(b"x\n")
+    assert [d for _, _, d in env.uploads] == [b"x\n"]
+
+
+def test_without_a_resume_window_a_dropped_upload_is_discarded(env: Env) -> None:
+    env.start(env.settings(resume_window_s=0))
+    with capture_logs() as logs:
+        drop_mid_upload(env, "half.csv", payload(200_000))
+        wait_until(lambda: env.staged() == [], "the staging file to be discarded")
+    assert env.partials() == {} and env.uploads == []
+    assert list(env.inbox().iterdir()) == []
+    assert [e["reason"] for e in logs if e["event"] == "upload_discarded"] == ["connection_lost"]
+
+
+def test_channel_closed_mid_upload_keeps_the_part_hidden(server: Env) -> None:
     with connect(server) as sftp:
         handle = sftp.open("/inbox/half.csv", "wb")
         handle.write(payload(100_000))
         handle.flush()
         wait_until(lambda: len(server.staged()) == 1, "the staging file")
         sftp.get_channel().close()  # the SFTP channel ends with the file still open
-        wait_until(lambda: server.staged() == [], "the staging file to be discarded")
+        wait_until(lambda: server.staged() == [], "the upload to leave staging")
+    assert server.partials() == {"half.csv": payload(100_000)}
     assert server.uploads == []
     assert list(server.inbox().iterdir()) == []
 
@@ -509,29 +589,98 @@ def test_read_only_areas_refuse_changes_but_allow_downloads(server: Env) -> None
     assert report.exists() and not (server.inbox() / "stolen.csv").exists()
 
 
-def test_mkdir_links_and_attribute_changes_are_refused(server: Env) -> None:
+def test_mkdir_and_links_are_refused(server: Env) -> None:
     with connect(server) as sftp:
         sftp.putfo(io.BytesIO(b"a"), "/inbox/a.csv")
         refused: list[Callable[[], object]] = [
             lambda: sftp.mkdir("/inbox/sub"),
             lambda: sftp.rmdir("/inbox"),
             lambda: sftp.symlink("/inbox/a.csv", "/inbox/link.csv"),
-            lambda: sftp.chmod("/inbox/a.csv", 0o777),
-            lambda: sftp.utime("/inbox/a.csv", (0, 0)),
-            lambda: sftp.truncate("/inbox/a.csv", 0),
         ]
         for operation in refused:
             with pytest.raises(PermissionError):
                 operation()
-        with sftp.open("/inbox/b.csv", "wb") as handle, pytest.raises(PermissionError):
-            handle.chmod(0o777)  # fsetstat
     for command in ("ln /inbox/a.csv /inbox/hard.csv", "ln -s /inbox/a.csv /inbox/soft.csv"):
         assert openssh(server, [command]).returncode != 0
-    names = sorted(p.name for p in server.inbox().iterdir())
-    assert names == ["a.csv", "b.csv"]
+    assert sorted(p.name for p in server.inbox().iterdir()) == ["a.csv"]
     assert (server.inbox() / "a.csv").read_bytes() == b"a"
     # Group may read (operators), nobody else; a stricter umask may take more away.
     assert stat.S_IMODE((server.inbox() / "a.csv").stat().st_mode) & ~0o640 == 0
+
+
+HRIS_TIME = 1_600_000_000  # 2020-09-13, the export's own mtime
+
+
+def test_times_set_on_an_open_upload_are_applied_before_it_is_published(server: Env) -> None:
+    mtimes: list[float] = []
+    server.on_upload_hook = lambda: mtimes.append((server.inbox() / "a.csv").stat().st_mtime)
+    with connect(server) as sftp, sftp.open("/inbox/a.csv", "wb") as handle:  # sftp put -p, pscp -p
+        handle.write(b"a\n")
+        handle.utime((HRIS_TIME, HRIS_TIME))  # fsetstat
+        handle.chmod(0o777)  # accepted, ignored
+        handle.write(b"b\n")  # a later write must not undo the times
+    assert mtimes == [HRIS_TIME]  # already so when the service was told
+    info = (server.inbox() / "a.csv").stat()
+    assert (info.st_mtime, info.st_size) == (HRIS_TIME, 4)  # atime moved: the service read it
+    assert stat.S_IMODE(info.st_mode) & ~0o640 == 0
+
+
+def test_setstat_applies_times_to_own_files_and_ignores_modes_owners_and_sizes(server: Env) -> None:
+    root_mode = server.tenant_root().stat().st_mode
+    with connect(server) as sftp:
+        sftp.putfo(io.BytesIO(b"b,c\n"), "/inbox/b.csv")
+        sftp.utime("/inbox/b.csv", (HRIS_TIME, HRIS_TIME))  # rclone, lftp mirror -R
+        sftp.chmod("/inbox/b.csv", 0o4777)
+        sftp.chown("/inbox/b.csv", 0, 0)
+        sftp.truncate("/inbox/b.csv", 0)
+        assert sftp.stat("/inbox/b.csv").st_mtime == HRIS_TIME
+        future = time.time() + 10 * 365 * 86400
+        sftp.putfo(io.BytesIO(b"d\n"), "/inbox/d.csv")
+        sftp.utime("/inbox/d.csv", (future, future))  # no file was written in the future
+        inbox_mtime = server.inbox().stat().st_mtime_ns
+        sftp.utime("/inbox", (0, 0))  # directories keep their times
+        sftp.chmod("/", 0o777)
+    info = (server.inbox() / "b.csv").stat()
+    assert (info.st_mtime, info.st_size) == (HRIS_TIME, 4)
+    assert stat.S_IMODE(info.st_mode) & ~0o640 == 0
+    assert (server.inbox() / "b.csv").read_bytes() == b"b,c\n"
+    assert (server.inbox() / "d.csv").stat().st_mtime <= time.time()
+    assert server.inbox().stat().st_mtime_ns == inbox_mtime
+    assert server.tenant_root().stat().st_mode == root_mode
+    assert [p.name for _, p, _ in server.uploads] == ["b.csv", "d.csv"]  # setstat queues nothing
+
+
+def test_setstat_cannot_reach_read_only_areas_links_or_missing_files(server: Env) -> None:
+    report = server.tenant_root() / "results" / "r.results.csv"
+    report.write_text("row,outcome\n")
+    outside = server.tmp / "outside.txt"
+    outside.write_text("not yours")
+    os.utime(outside, (HRIS_TIME, HRIS_TIME))
+    (server.inbox() / "link.csv").symlink_to(outside)  # planted on the server side
+    with connect(server) as sftp:
+        for path in ("/results/r.results.csv", "/archive/x.csv", "/inbox/../results/r.results.csv"):
+            with pytest.raises(PermissionError):
+                sftp.utime(path, (0, 0))
+            with pytest.raises(PermissionError):
+                sftp.chmod(path, 0o777)
+        for path in ("/inbox/link.csv", "/inbox/missing.csv", "/nowhere"):
+            with pytest.raises(FileNotFoundError):
+                sftp.utime(path, (0, 0))
+        with sftp.open("/results/r.results.csv") as download, pytest.raises(PermissionError):
+            download.utime((0, 0))  # fsetstat on a download: the same rules
+    assert outside.stat().st_mtime == HRIS_TIME and outside.read_text() == "not yours"
+    assert report.stat().st_mtime != 0
+
+
+def test_setstat_on_a_kept_part_does_not_move_its_resume_window(server: Env) -> None:
+    drop_mid_upload(server, "half.csv", payload(10_000))
+    kept = partial_dir(server.data_dir, "acme") / "half.csv"
+    before = kept.stat().st_mtime_ns
+    with connect(server) as sftp:
+        sftp.utime("/inbox/half.csv", (0, 0))  # would expire it at once if applied
+        sftp.chmod("/inbox/half.csv", 0o777)
+    assert kept.stat().st_mtime_ns == before
+    assert server.partials() == {"half.csv": payload(10_000)}
 
 
 def test_shell_exec_scp_and_forwarding_are_refused(server: Env) -> None:
@@ -730,7 +879,7 @@ def test_authorized_keys_are_read_at_each_login(server: Env) -> None:
         sftp.listdir("/")
 
 
-def test_stop_accepting_then_close_ends_sessions_and_discards_uploads(server: Env) -> None:
+def test_stop_accepting_then_close_ends_sessions_and_keeps_unfinished_uploads_hidden(server: Env) -> None:
     assert server.server is not None
     with connect(server) as sftp:
         handle = sftp.open("/inbox/unfinished.csv", "wb")
@@ -746,6 +895,8 @@ def test_stop_accepting_then_close_ends_sessions_and_discards_uploads(server: En
             sftp.listdir("/")
     assert server.staged() == [] and server.uploads == []
     assert list(server.inbox().iterdir()) == []
+    # A restart is a drop like any other: the client may resume against the next start.
+    assert server.partials() == {"unfinished.csv": payload(50_000)}
 
 
 def test_host_key_is_created_private_and_reused(env: Env) -> None:
