@@ -20,10 +20,13 @@ def notify(message: str) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Never wait: this runs on the event loop, and a receiver that stopped reading (a full
+            # socket buffer) must not stall every SFTP session. A dropped heartbeat is harmless.
+            sock.setblocking(False)
             sock.connect(address)
             sock.sendall(message.encode())
     except OSError:
-        # systemd gone or socket not reachable (e.g. a stale variable in a shell): nothing to do.
+        # systemd gone, not reading, or not reachable (e.g. a stale variable in a shell).
         return False
     return True
 

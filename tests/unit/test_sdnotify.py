@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -130,3 +131,17 @@ def test_no_watchdog_interval(monkeypatch: pytest.MonkeyPatch, usec: str | None,
     if pid is not None:
         monkeypatch.setenv("WATCHDOG_PID", pid)
     assert sdnotify.watchdog_interval_s() is None
+
+
+def test_a_receiver_that_stops_reading_never_blocks_the_sender(systemd: Receive) -> None:
+    sent: list[bool] = []
+
+    def send_many() -> None:
+        sent.extend(sdnotify.watchdog() for _ in range(5000))  # far more than a socket buffer holds
+
+    sender = threading.Thread(target=send_many, daemon=True)
+    sender.start()
+    sender.join(10)
+    assert not sender.is_alive(), "notify blocked on a receiver that does not read"
+    assert sent[0] is True and sent[-1] is False  # the buffer filled; later ones were dropped
+    assert systemd() == "WATCHDOG=1"
