@@ -254,21 +254,41 @@ def test_paramiko_put_and_utime(clients: Clients) -> None:
 # -- curl (libssh2) -------------------------------------------------------------------------------
 
 
-def test_curl_upload(clients: Clients) -> None:
-    clients.need("curl")
-    if "sftp" not in clients.run(["curl", "-V"]).stdout.split("Protocols:", 1)[-1].split():
-        pytest.skip("this curl is built without SFTP (libssh2)")
-    local = clients.local("curl.csv")
+def curl(clients: Clients, local: Path, *extra: str) -> list[str]:
     # libssh2 checks the host key by the base64 SHA-256 of its blob, padding included.
     digest = clients.fingerprint.removeprefix("SHA256:")
     digest += "=" * (-len(digest) % 4)
-    result = clients.run([
+    return [
         "curl", "--silent", "--show-error", "--user", "acme:", "--key", str(clients.key),
-        "--pubkey", str(clients.keys.public("acme")), "--hostpubsha256", digest,
+        "--pubkey", str(clients.keys.public("acme")), "--hostpubsha256", digest, *extra,
         "--upload-file", str(local), f"sftp://127.0.0.1:{clients.port}/inbox/",
-    ])  # fmt: skip
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def curl_sftp(clients: Clients) -> None:
+    clients.need("curl")
+    if "sftp" not in clients.run(["curl", "-V"]).stdout.split("Protocols:", 1)[-1].split():
+        pytest.skip("this curl is built without SFTP (libssh2)")
+
+
+@pytest.mark.usefixtures("curl_sftp")
+def test_curl_upload(clients: Clients) -> None:
+    local = clients.local("curl.csv")
+    result = clients.run(curl(clients, local))
     assert result.returncode == 0, result.stderr
     clients.assert_queued_once(local)
+
+
+@pytest.mark.usefixtures("curl_sftp")
+def test_curl_c_after_a_dropped_upload(clients: Clients) -> None:
+    local = clients.local("curl-resume.csv", size=1_000_000)
+    clients.drop_mid_upload(curl(clients, local, "--limit-rate", "100k"), local.name)
+
+    result = clients.run(curl(clients, local, "--continue-at", "-"))
+    assert result.returncode == 0, result.stderr
+    clients.assert_queued_once(local)
+    assert clients.daemon.events("upload_resumed", file=local.name)
 
 
 # -- lftp -----------------------------------------------------------------------------------------

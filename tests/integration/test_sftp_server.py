@@ -324,6 +324,18 @@ def test_a_resumed_upload_continues_at_the_offsets_the_client_gives(server: Env)
     assert server.uploads == [("acme", server.inbox() / "day2.csv", data)]
 
 
+def test_a_kept_part_survives_a_restart_and_can_be_resumed_after_it(server: Env) -> None:
+    data = payload(80_000, seed=7)
+    drop_mid_upload(server, "restart.csv", data[:20_000])
+    server.stop()
+    server.start()  # a restart, or another instance on the same shared data directory
+    with connect(server) as sftp:
+        assert sftp.stat("/inbox/restart.csv").st_size == 20_000
+        with sftp.open("/inbox/restart.csv", "a") as handle:
+            handle.write(data[20_000:])
+    assert server.uploads == [("acme", server.inbox() / "restart.csv", data)]
+
+
 def test_a_resumed_upload_dropped_again_keeps_everything_so_far(server: Env) -> None:
     data = payload(90_000, seed=6)
     drop_mid_upload(server, "day3.csv", data[:30_000])
