@@ -202,15 +202,17 @@ def test_sigterm_exits_0_after_stopping_and_sd_notify_sees_the_lifecycle(
     with paramiko_sftp(site.sftp_port, "acme", keys) as session, session.open("/inbox/half.csv", "w") as half:
         half.write(b"primary_email_address\n")
         half.flush()
-        wait_until(lambda: list((site.data / "staging").iterdir()), "the upload to be staged")
+        wait_until(lambda: list((site.data / "staging").glob("*.upload")), "the upload to be staged")
         started = time.monotonic()
         daemon.send(signal.SIGTERM)
         assert daemon.proc.wait(WAIT_S) == 0
         assert time.monotonic() - started < 5.0
         with pytest.raises((OSError, EOFError, paramiko.SSHException)):
             session.listdir("/")  # the daemon ended the session
-        # ...and discarded the unfinished upload instead of leaving it behind.
-        assert list((site.data / "staging").iterdir()) == [] and list(site.inbox().iterdir()) == []
+        # ...and kept the unfinished upload hidden, for the client to resume after the restart.
+        assert list((site.data / "staging").glob("*.upload")) == [] and list(site.inbox().iterdir()) == []
+        partial = site.data / "staging" / "partial" / "acme" / "half.csv"
+        assert partial.read_bytes() == b"primary_email_address\n"
     notify.wait_for("STOPPING=1")
     assert [e["event"] for e in daemon.logs()][-1] == "daemon_stopped"
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", site.sftp_port), timeout=1):

@@ -291,13 +291,14 @@ def drop_mid_upload(env: Env, name: str, data: bytes, *, mode: str = "wb") -> No
     transport.sock.shutdown(socket.SHUT_RDWR)  # the network goes away; no SFTP close is sent
     client.close()
     wait_until(lambda: env.session_count() == 0, "the session to end")
+    wait_until(lambda: env.staged() == [], "the upload to be kept or discarded")
 
 
 def test_a_dropped_upload_is_kept_hidden_then_resumed_and_reported_once(server: Env) -> None:
     data = payload(300_000, seed=4)
     with capture_logs() as logs:
         drop_mid_upload(server, "day1.csv", data[:200_000])
-    wait_until(lambda: server.staged() == [], "the upload to leave staging")
+        wait_until(lambda: any(e["event"] == "upload_interrupted" for e in logs), "upload_interrupted")
 
     assert server.partials() == {"day1.csv": data[:200_000]}
     assert server.uploads == [] and list(server.inbox().iterdir()) == []
@@ -376,7 +377,7 @@ def test_without_a_resume_window_a_dropped_upload_is_discarded(env: Env) -> None
     env.start(env.settings(resume_window_s=0))
     with capture_logs() as logs:
         drop_mid_upload(env, "half.csv", payload(200_000))
-        wait_until(lambda: env.staged() == [], "the staging file to be discarded")
+        wait_until(lambda: any(e["event"] == "upload_discarded" for e in logs), "the upload to be discarded")
     assert env.partials() == {} and env.uploads == []
     assert list(env.inbox().iterdir()) == []
     assert [e["reason"] for e in logs if e["event"] == "upload_discarded"] == ["connection_lost"]
