@@ -48,6 +48,8 @@ _PASS_THROUGH = {
     ("store/jobs.py", "change_state"),  # code=code of its caller, onto the job event
     ("store/jobs.py", "record_change"),  # code=change.code
     ("cli.py", "jobs_show"),  # {"code": event.code} of a stored job event
+    ("core/report.py", "issue_groups_from_rows"),  # IssueGroup(code=...) of stored result lines
+    ("jobrunner.py", "_file_issue_groups"),  # IssueGroup(code=issue.code) of an Issue
 }
 _HEADING = re.compile(r"^###\s+`([a-z][a-z0-9_]*)`\s*$", re.MULTILINE)
 
