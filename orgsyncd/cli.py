@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -17,7 +16,9 @@ from orgsyncd.codes import where_to_read
 from orgsyncd.config import Settings, load_settings
 from orgsyncd.core.results import Summary, iso
 from orgsyncd.errors import OrgsyncError, UsageError
-from orgsyncd.logging import configure_logging
+from orgsyncd.logging import configure_logging, machine_readable
+from orgsyncd.paths import result_paths
+from orgsyncd.progress import Bar
 from orgsyncd.service import Service
 from orgsyncd.store.jobs import STATUSES, JobRecord, cli_actor
 
@@ -92,7 +93,9 @@ def _fail(message: str, code: int) -> NoReturn:
 @click.pass_context
 def main(ctx: click.Context, config: str | None, debug: bool) -> None:
     """orgsyncd: roster files in over SFTP, learners and licences out."""
-    configure_logging(level="debug" if debug else "warning", json=not sys.stderr.isatty(), stream=sys.stderr)
+    # On a terminal the command's own output says what happened; log lines would say it again.
+    quiet = "error" if not machine_readable(sys.stderr) else "warning"
+    configure_logging(level="debug" if debug else quiet, json=machine_readable(sys.stderr), stream=sys.stderr)
     app = AppContext(config, debug)
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -108,21 +111,52 @@ def main(ctx: click.Context, config: str | None, debug: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
 @pass_app
 def import_cmd(app: AppContext, file: Path, tenant: str, mode: str | None, dry_run: bool) -> None:
-    """Run one import now, in the foreground, and print its summary."""
-    with _byte_progress(file, "importing") as progress:
+    """Run one import now, in the foreground, and print its summary (JSON when not on a terminal)."""
+    with Bar(_size(file), f"importing {file.name}") as bar:
         summary = app.service.import_file(
-            tenant, file, mode=mode, dry_run=dry_run, progress=progress, actor=cli_actor()
+            tenant, file, mode=mode, dry_run=dry_run, progress=bar.to, actor=cli_actor()
         )
+        if "error" in summary.extra:
+            bar.discard()  # the sentence below says why; a half-full bar would only distract
+        else:
+            bar.done()
     _print_summary(summary, app)
     if summary.status in FAILED_STATUSES:
         _fail(_failure_sentence(summary), 1)
 
 
+def _size(file: Path) -> int:
+    try:
+        return file.stat().st_size
+    except OSError:
+        return 0  # import_file says what is wrong with it
+
+
 def _print_summary(summary: Summary, app: AppContext) -> None:
-    click.echo(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+    results = None
     if summary.job_id is not None:
-        results = app.service.dirs(summary.tenant).results
-        click.echo(f"results: {results}/", err=True)
+        results = result_paths(app.service.dirs(summary.tenant), summary.file, summary.job_id)[0]
+    if not sys.stdout.isatty():
+        click.echo(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+        if results is not None:
+            click.echo(f"results: {results}", err=True)
+        return
+    if "error" in summary.extra:
+        return  # a rejected file is said once, by the failure sentence (its results say the same)
+    click.echo(_summary_line(summary))
+    if results is not None:
+        click.echo(f"results: {results}")
+
+
+def _summary_line(summary: Summary) -> str:
+    """``day1.csv: partially_succeeded (job 3, tenant demo, delta): 2 created, 1 error``"""
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in summary.counts.items() if n) or "no rows"
+    if summary.job_id is None:
+        return (
+            f"{summary.file}: dry run ({summary.tenant}, {summary.mode}), nothing changed: would be {counts}"
+        )
+    where = f"job {summary.job_id}, tenant {summary.tenant}, {summary.mode}"
+    return f"{summary.file}: {summary.status} ({where}): {counts}"
 
 
 def _failure_sentence(summary: Summary) -> str:
@@ -131,7 +165,7 @@ def _failure_sentence(summary: Summary) -> str:
     error = summary.extra.get("error")
     if error:
         code = error["code"]
-        return f"the file was rejected ({code}): {error['message']}; see {where_to_read(code)}"
+        return f"{summary.file} was rejected ({code}): {error['message']}; see {where_to_read(code)}"
     return "every row of the file failed; see the results file"
 
 
@@ -179,9 +213,11 @@ def jobs_list(app: AppContext, tenant: str | None, status: str | None, limit: in
 @click.argument("job_id", type=int)
 @pass_app
 def jobs_show(app: AppContext, job_id: int) -> None:
-    """One job in full, with every state change it went through (JSON)."""
+    """One job in full: its files, and every state change it went through (JSON)."""
     store = app.service.jobs
-    data = _job_json(store.get(job_id))
+    job = store.get(job_id)
+    data = _job_json(job)
+    data["files"] = app.service.job_files(job)
     data["events"] = [
         {
             "at": iso(event.at),
@@ -253,11 +289,13 @@ def export_cmd(app: AppContext, tenant: str, output: Path | None) -> None:
         service.export(tenant, sys.stdout)
         return
     tmp = output.with_name(f".{output.name}.tmp")
+    total = service.learners.count(service.jobs.tenant_id(tenant))
     with (
         tmp.open("w", encoding="utf-8", newline="") as out,
-        _count_progress("exporting") as progress,
+        Bar(total, f"exporting {tenant}") as bar,
     ):
-        count = service.export(tenant, out, progress=progress)
+        count = service.export(tenant, out, progress=bar.to)
+        bar.done()
     tmp.replace(output)
     click.echo(f"{count} learners written to {output}", err=True)
 
@@ -344,10 +382,11 @@ def tenants_check(app: AppContext) -> None:
 @main.command("serve")
 @pass_app
 def serve(app: AppContext) -> None:
-    """Run the daemon: SFTP + watcher + scheduler; JSON logs on stdout."""
+    """Run the daemon: SFTP + watcher + scheduler; logs on stdout (JSON lines unless a terminal)."""
     from orgsyncd.daemon import run_daemon
 
-    configure_logging(level="debug" if app.debug else "info", json=True, stream=sys.stdout)
+    json_lines = machine_readable(sys.stdout)
+    configure_logging(level="debug" if app.debug else "info", json=json_lines, stream=sys.stdout)
     # The path, not just the settings: SIGHUP reads the same file again.
     sys.exit(run_daemon(app.settings, config_path=app.config_path))
 
@@ -368,34 +407,3 @@ def hash_password_cmd() -> None:
     if not password:
         raise UsageError("the password is empty")
     click.echo(hash_password(password))
-
-
-# -- progress -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def _byte_progress(file: Path, label: str) -> Iterator[Callable[[int], None] | None]:
-    if not sys.stdout.isatty() or not file.is_file():
-        yield None
-        return
-    with click.progressbar(length=file.stat().st_size, label=label, file=sys.stderr) as bar:
-        state = {"done": 0}
-
-        def advance(done: int) -> None:
-            bar.update(done - state["done"])
-            state["done"] = done
-
-        yield advance
-
-
-@contextmanager
-def _count_progress(label: str) -> Iterator[Callable[[int], None] | None]:
-    if not sys.stdout.isatty():
-        yield None
-        return
-
-    def report(count: int) -> None:
-        click.echo(f"\r{label}: {count} learners", nl=False, err=True)
-
-    yield report
-    click.echo("", err=True)

@@ -5,9 +5,11 @@ Built once at the edge (CLI / daemon start) and passed down; nothing else reads 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -222,7 +224,20 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
     try:
         return Settings(**data, source=source)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc)}") from None
+        first = exc.errors()[0]
+        variable = _variable_for(first["loc"])  # the environment wins over the file
+        origin = f"environment variable {variable}" if variable else source
+        raise ConfigError(f"{origin}: {_describe(exc)}") from None
+
+
+def _variable_for(loc: tuple[int | str, ...]) -> str | None:
+    """The ORGSYNCD_ variable that set the key at *loc*, if one did."""
+    path = [str(part).lower() for part in loc]
+    for name in os.environ:
+        parts = name[len(_ENV_PREFIX) :].lower().split("__") if name.upper().startswith(_ENV_PREFIX) else []
+        if len(parts) > 1 and parts == path[: len(parts)]:
+            return name
+    return None
 
 
 def _check_environment() -> None:
@@ -236,6 +251,25 @@ def _check_environment() -> None:
             raise ConfigError(
                 f"environment variable {name}: unknown section {section!r} (sections: {', '.join(_SECTIONS)})"
             )
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """``; did you mean 'database_url'?`` for a misspelt key, from the keys of its section."""
+    *parents, key = (str(part) for part in loc)
+    model: type[BaseModel] = Settings
+    for part in parents:
+        field = model.model_fields.get(part)
+        if field is None:  # a tenant's name, inside `tenants`
+            continue
+        inner = field.annotation
+        if typing.get_origin(inner) is dict:
+            inner = typing.get_args(inner)[1]
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return ""
+        model = inner
+    known = [name for name, f in model.model_fields.items() if not f.exclude]
+    close = difflib.get_close_matches(key.lower(), known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -254,7 +288,7 @@ def _describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
-        return f"unknown key {key!r}"
+        return f"unknown key {key!r}{_did_you_mean(first['loc'])}"
     message = first["msg"].removeprefix("Value error, ")
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""

@@ -34,6 +34,7 @@ from orgsyncd.config import Settings, load_settings
 from orgsyncd.errors import OrgsyncError
 from orgsyncd.ingest.sftp import SftpServer
 from orgsyncd.ingest.watcher import InboxWatcher
+from orgsyncd.logging import machine_readable
 from orgsyncd.metrics import Metrics, MetricsServer
 from orgsyncd.scheduler import Scheduler
 from orgsyncd.service import Service
@@ -219,12 +220,13 @@ class Daemon:
             config=self.settings.source,
         )
         command = demo_sftp_command(self.settings, self.sftp.port)
-        if command is not None:
+        if command is None:
+            return
+        if machine_readable(sys.stderr):
             log.info("sftp_ready", tenant=DEMO_TENANT, command=command)
+        else:  # a person at a terminal: said once, in words, with commands to paste
             print(
-                "orgsyncd: ready. Upload a roster to the demo tenant (put FILE inbox/) with:\n"
-                f"  {command}\n"
-                "then process it now with 'orgsyncd run-now'; results appear in results/.",
+                demo_welcome(command, self.sftp.port, self.settings.daemon.data_dir),
                 file=sys.stderr,
                 flush=True,
             )
@@ -399,6 +401,37 @@ def demo_sftp_command(settings: Settings, port: int) -> str | None:
         ["sftp", *identity, "-P", str(port), "-o", f"UserKnownHostsFile={known_hosts}",
          "-o", "StrictHostKeyChecking=accept-new", f"demo@{host}"]
     )  # fmt: skip
+
+
+def demo_welcome(sftp_command: str, port: int, data_dir: Path) -> str:
+    """What a newcomer running the demo on a terminal reads once the daemon is ready: commands
+    that work exactly as printed, in the directory named (the demo's paths are relative to it)."""
+    example = Path("examples/day2.csv")
+    upload = str(example) if example.is_file() else "ROSTER.csv"
+    return (
+        f"\norgsyncd is ready: SFTP on port {port} for the demo tenant (data in {data_dir.resolve()}).\n"
+        f"In another shell, in {Path.cwd()}, upload a roster:\n"
+        f"  {sftp_command}\n"
+        f"  sftp> put {upload} inbox/\n"
+        "Then apply it now, instead of at the top of the hour, and read the results:\n"
+        f"  {self_command('run-now')}\n"
+        "  sftp> ls results\n"
+        "Stop the daemon with Ctrl-C.\n"
+    )
+
+
+def self_command(*args: str) -> str:
+    """This orgsyncd, invoked as it was for this process, with the settings a second command
+    needs to find the same data (daemon keys set in the environment)."""
+    argv0 = sys.argv[0] if sys.argv else "orgsyncd"
+    # python -m orgsyncd runs __main__.py; the console script is the path the shell ran.
+    program = [sys.executable, "-m", "orgsyncd"] if argv0.endswith("__main__.py") else [argv0]
+    env = [
+        f"{key}={shlex.quote(value)}"
+        for key, value in sorted(os.environ.items())
+        if key.upper().startswith("ORGSYNCD_DAEMON__")
+    ]
+    return " ".join([*env, shlex.join([*program, *args])])
 
 
 def keep_restart_keys(old: Settings, new: Settings) -> Settings:

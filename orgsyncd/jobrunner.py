@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, text
 from orgsyncd import faults
 from orgsyncd.config import Settings, TenantConfig
 from orgsyncd.core.header import HeaderRules, Issue, Layout, analyse_header
-from orgsyncd.core.reader import Record, read_echo_records, read_records
+from orgsyncd.core.reader import Record, line_ending, read_echo_records, read_records
 from orgsyncd.core.report import HeldPlan, IssueGroup, ReportData, SeatUsage, render
 from orgsyncd.core.results import ResultsWriter, Summary, empty_counts, summary_status, write_json
 from orgsyncd.core.rows import RowRules, RowValidator, roster_rows
@@ -312,7 +312,7 @@ class JobRunner:
         if summary.status == "held":
             issues.insert(0, Issue("error", "threshold_exceeded", summary.extra["message"]))
         with _atomic_text(csv_tmp) as out:
-            writer = ResultsWriter(out, layout.names)
+            writer = ResultsWriter(out, layout.names, _newline(run))
             writer.issues(issues)
             if layout.row >= 0 or writer.drop:  # a results file uploaded again
                 records = read_records(run.source)
@@ -400,7 +400,7 @@ class JobRunner:
             summary.counts["error"] = sum(1 for i in issues if i.outcome == "error")
         summary.counts["warning"] = sum(1 for i in issues if i.outcome == "warning")
         with _atomic_text(csv_tmp) as out:
-            ResultsWriter(out, None).issues(issues)
+            ResultsWriter(out, None, _newline(run)).issues(issues)
         write_json(json_tmp, summary.as_dict())
         with self.engine.connect() as conn:
             seats = seats_in_use(conn, run.job.tenant_id)
@@ -461,6 +461,11 @@ class JobRunner:
         if spool.exists():
             return spool
         return archive_path(tenant_dirs(self.settings.daemon.data_dir, job.tenant), job.file_name, job.id)
+
+
+def _newline(run: _Run) -> str:
+    """The input's line ending, for its results; a file that is not a roster is not opened."""
+    return line_ending(run.source) if is_roster_name(run.job.file_name) else "\r\n"
 
 
 def _unlink_inbox_copy(inbox_file: Path, spool: Path) -> None:

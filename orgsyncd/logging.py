@@ -1,4 +1,7 @@
-"""Log setup: one JSON object per line on stdout, for journald and log shippers.
+"""Log setup: JSON lines for journald and log shippers, aligned text for a person at a terminal.
+
+``machine_readable()`` decides which: JSON under systemd and whenever the stream is not a
+terminal; structlog's console renderer otherwise.
 
 Everything goes through the standard library's root logger, so structlog events and the records of
 third-party libraries (asyncssh, apscheduler, watchdog, sqlalchemy, ``warnings``) share one handler,
@@ -9,9 +12,11 @@ one renderer and one redaction step. Callers bind ``tenant``, ``job_id``, ``file
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Mapping
-from typing import Any, TextIO
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol, TextIO
 
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
@@ -24,19 +29,58 @@ _SECRET_KEYS = frozenset({"password", "passphrase", "private_key", "secret", "ro
 _SECRET_SUFFIXES = ("_password", "_passphrase", "_private_key", "_secret")
 _MAX_REDACT_DEPTH = 4
 
-# Library loggers and the least severe level they may emit, whatever the configured level.
-# asyncssh logs every channel and packet at INFO/DEBUG; sqlalchemy.engine at INFO logs SQL
-# parameters, which are roster data, so it is held at WARNING even under --log-level debug.
-_LIBRARY_FLOORS = {
-    "asyncssh": logging.WARNING,
-    "sqlalchemy": logging.WARNING,
-    "apscheduler": logging.INFO,
-    "watchdog": logging.INFO,
-}
+# Library loggers say at INFO what our own events say better ("Context impl SQLiteImpl.",
+# "Adding job tentatively"); they speak from WARNING up, unless the level is debug.
+_LIBRARIES = ("alembic", "apscheduler", "asyncssh", "watchdog")
+# Floors that hold even under debug: asyncssh logs every packet at DEBUG; sqlalchemy.engine at
+# INFO logs SQL parameters, which are roster data.
+_DEBUG_FLOORS = {"asyncssh": logging.INFO, "sqlalchemy": logging.WARNING}
+# systemd sets these for a service's processes; journald wants JSON even when it is a terminal
+# (StandardOutput=tty) that the daemon writes to.
+_SYSTEMD_VARIABLES = ("JOURNAL_STREAM", "INVOCATION_ID")
+
+
+class LineGuard(Protocol):
+    """Something drawn on the terminal's last line (a progress bar) that a log line would break."""
+
+    def clear(self) -> None: ...
+    def redraw(self) -> None: ...
+
+
+_guard: LineGuard | None = None
 
 
 class _OrgsyncdHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Marks the handler we install, so a second configure_logging() replaces it."""
+    """Marks the handler we install, so a second configure_logging() replaces it; writes log
+    lines above a progress bar instead of into it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        guard = _guard
+        if guard is None:
+            super().emit(record)
+            return
+        guard.clear()
+        super().emit(record)
+        guard.redraw()
+
+
+def machine_readable(stream: Any) -> bool:
+    """JSON lines for *stream*: under systemd, or when it is not a terminal (a pipe, a file)."""
+    if any(os.environ.get(name) for name in _SYSTEMD_VARIABLES):
+        return True
+    return not _isatty(stream)
+
+
+@contextmanager
+def guarding(guard: LineGuard) -> Iterator[None]:
+    """While active, every log line is written after ``guard.clear()`` and followed by
+    ``guard.redraw()``, so a progress bar on the same terminal stays whole."""
+    global _guard
+    previous, _guard = _guard, guard
+    try:
+        yield
+    finally:
+        _guard = previous
 
 
 def configure_logging(*, level: str = "info", json: bool = True, stream: TextIO | None = None) -> None:
@@ -130,8 +174,11 @@ def _install_root_handler(handler: logging.Handler, level: int) -> None:
 
 
 def _set_library_levels(level: int) -> None:
-    for name, floor in _LIBRARY_FLOORS.items():
+    debug = level <= logging.DEBUG
+    for name in _LIBRARIES:
+        floor = _DEBUG_FLOORS.get(name, level) if debug else logging.WARNING
         logging.getLogger(name).setLevel(max(level, floor))
+    logging.getLogger("sqlalchemy").setLevel(max(level, _DEBUG_FLOORS["sqlalchemy"]))
 
 
 def _parse_level(level: str) -> int:

@@ -60,6 +60,8 @@ def read_records(path: Path, progress: Callable[[int], None] | None = None) -> I
                 if not fields or (len(fields) == 1 and not fields[0].strip()):
                     continue
                 yield start, fields
+            if progress is not None:
+                progress(raw.tell())  # the end: a bar reaches 100 %
     except csv.Error as exc:
         raise FileRejected("malformed_csv", _csv_message(last_line + 1, exc)) from None
     except UnicodeDecodeError:
@@ -68,6 +70,20 @@ def read_records(path: Path, progress: Callable[[int], None] | None = None) -> I
         raise FileRejected(
             "malformed_csv", f"the file ends in .gz but is not a complete gzip file ({exc})"
         ) from None
+
+
+def line_ending(path: Path, default: str = "\r\n") -> str:
+    """How the file's first line ends ("\r\n", "\n" or "\r"); *default* when it has no line end
+    in its first 64 KiB or cannot be read."""
+    try:
+        with open_binary(path) as binary:
+            head = binary.read(_CHUNK)
+    except (OSError, EOFError, zlib.error):
+        return default
+    cut = re.search(b"\r\n|\n|\r", head)
+    if cut is None or (cut.group() == b"\r" and cut.end() == len(head) and len(head) == _CHUNK):
+        return default  # no line end seen (or a CR that may be half of a CRLF split by the read)
+    return cut.group().decode("ascii")
 
 
 EchoRecord = tuple[int, list[str] | None, str | None]

@@ -90,11 +90,17 @@ class ResultsWriter:
     """Writes the results CSV by walking the outcomes (from the database, in line order) alongside
     a second streaming read of the input, so neither is ever held in memory."""
 
-    def __init__(self, out: TextIO, header: Sequence[str] | None) -> None:
+    def __init__(self, out: TextIO, header: Sequence[str] | None, newline: str = "\r\n") -> None:
+        """*newline*: the input's line ending (``reader.line_ending``), so an echoed record is the
+        input's bytes and the file as a whole reads like the one that was sent."""
         names = list(header or ())
         self.drop = {i for i, name in enumerate(names) if name.strip().lower() in RESULT_COLUMNS}
         self.out = out
-        self.writer = csv.writer(out, lineterminator="\r\n")
+        self.newline = newline
+        # Written as CRLF and the terminator swapped: the csv module quotes a cell only for the
+        # characters of its own terminator, and a lone CR or LF in a cell must be quoted too.
+        target = out if newline == "\r\n" else _Terminated(out, newline)
+        self.writer = csv.writer(target, lineterminator="\r\n")
         echo = [escape(name) for i, name in enumerate(names) if i not in self.drop]
         self.writer.writerow([*RESULT_HEADER, *echo])
 
@@ -129,10 +135,10 @@ class ResultsWriter:
         if self.drop:
             raise ValueError("echo_rows cannot drop columns; use rows")
         written = 0
-        write = self.out.write
+        write, newline = self.out.write, self.newline
         for (line, fields, raw), (outcome, code, message) in _merge(outcomes, records, default):
             if raw is not None and not _raw_needs_escape(raw):
-                write(f"{line},{outcome},{code or ''},{_csv_cell(message)},{raw}\r\n")
+                write(f"{line},{outcome},{code or ''},{_csv_cell(message)},{raw}{newline}")
             else:
                 cells = fields if fields is not None else _split_plain(raw or "")
                 if _NEEDS_ESCAPE.search("\x1f".join(cells)):
@@ -140,6 +146,16 @@ class ResultsWriter:
                 self.writer.writerow((line, outcome, code or "", message or "", *cells))
             written += 1
         return written
+
+
+class _Terminated:
+    """A stream for csv.writer whose rows end in *newline* instead of CRLF."""
+
+    def __init__(self, out: TextIO, newline: str) -> None:
+        self.out, self.newline = out, newline
+
+    def write(self, row: str) -> int:
+        return self.out.write(row[:-2] + self.newline if row.endswith("\r\n") else row)
 
 
 R = TypeVar("R", bound=tuple[Any, ...])

@@ -7,8 +7,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -16,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from orgsyncd.errors import ConfigError, OrgsyncError
 
+log = structlog.get_logger("orgsyncd.db")
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _SQLITE_BUSY_S = 120  # a big import holds the write lock for tens of seconds
 _PG_MIGRATION_LOCK = 0x0F95C
@@ -120,8 +123,12 @@ def _upgrade(conn: Connection) -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     cfg.attributes["connection"] = conn
+    before = MigrationContext.configure(conn).get_current_revision()
     command.upgrade(cfg, "head")
     conn.commit()
+    after = MigrationContext.configure(conn).get_current_revision()
+    if after != before:  # alembic's own lines are held at warning; this is the one that matters
+        log.info("database_migrated", revision_before=before, revision=after)
 
 
 def _first_line(exc: SQLAlchemyError) -> str:

@@ -64,8 +64,16 @@ def test_import_prints_the_summary_and_writes_results(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["status"] == "succeeded" and summary["counts"]["created"] == 3
+    assert "\x1b" not in done.stderr and "importing" not in done.stderr  # no progress bar in a pipe
     results = read_csv(tmp_path / "data/tenants/acme/results" / f"r.{summary['job_id']}.results.csv")
     assert [r["outcome"] for r in results] == ["created"] * 3
+    shown = run(tmp_path, "--config", str(config), "jobs", "show", str(summary["job_id"]))
+    tree = tmp_path / "data/tenants/acme"
+    assert json.loads(shown.stdout)["files"] == {
+        "input": str(tree / f"archive/r.{summary['job_id']}.csv"),
+        "results": str(tree / f"results/r.{summary['job_id']}.results.csv"),
+        "summary": str(tree / f"results/r.{summary['job_id']}.summary.json"),
+    }
 
 
 def test_file_level_failure_exits_1_with_one_sentence(tmp_path: Path) -> None:

@@ -350,6 +350,24 @@ def test_gzip_crlf_bom_and_quoted_newlines(env: Env) -> None:
     assert (env.dirs.archive / f"roster.{summary.job_id}.csv.gz").exists()
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+def test_results_use_the_input_line_endings_and_copy_records_byte_for_byte(env: Env, newline: str) -> None:
+    records = [
+        "primary_email_address,work_title,group/Sales",
+        'ann@example.com,"Head of Sales, EMEA",1',
+        "not-an-email,Engineer,0",
+        'bo@example.com,"two\r\nlines",1',  # a quoted line end stays as sent, whatever the file uses
+    ]
+    summary = env.run(newline.join(records) + newline, name="endings.csv")
+    raw = (env.dirs.results / f"endings.{summary.job_id}.results.csv").read_bytes().decode()
+    assert raw.splitlines(keepends=True)[0].endswith(newline) and newline in raw
+    assert f"2,created,,,{records[1]}{newline}" in raw  # the record as sent, quotes and all
+    assert (newline == "\r\n") == ("\r\n" in raw.replace('"two\r\nlines"', ""))
+    failed = env.run(newline.join(["primary_email_address;work_title", "a@example.com;x"]), name="semi.csv")
+    head = (env.dirs.results / f"semi.{failed.job_id}.results.csv").read_bytes().decode()
+    assert head.startswith(f"row,outcome,code,message{newline}0,error,malformed_csv,")
+
+
 def test_formula_values_are_escaped_in_results_and_export_and_round_trip(env: Env) -> None:
     summary = env.run(roster(["primary_email_address", "work_title"], [["a@example.com", "=HYPERLINK(1)"]]))
     assert env.results(summary)[0]["work_title"] == "'=HYPERLINK(1)"

@@ -45,6 +45,21 @@ def test_enqueue_is_idempotent_and_ignores_temporary_names(env: Env) -> None:
     assert sorted(p.name for p in env.dirs.inbox.iterdir()) == [".hidden.csv", "b.csv.part"]
 
 
+def test_job_files_say_where_input_and_results_are(env: Env) -> None:
+    job_id = env.service.enqueue_file(env.tenant, drop(env, "w.csv", people(1)))
+    assert job_id is not None
+    queued = env.service.job_files(env.service.jobs.get(job_id))
+    assert queued["input"] is not None and Path(queued["input"]).parent == env.dirs.spool
+    assert (queued["results"], queued["summary"]) == (None, None)  # not written yet
+    env.service.run_due()
+    done = env.service.job_files(env.service.jobs.get(job_id))
+    assert done == {
+        "input": str(env.dirs.archive / f"w.{job_id}.csv"),
+        "results": str(env.dirs.results / f"w.{job_id}.results.csv"),
+        "summary": str(env.dirs.results / f"w.{job_id}.summary.json"),
+    }
+
+
 def test_jobs_of_a_tenant_run_in_arrival_order(env: Env) -> None:
     drop(env, "1.csv", roster(["primary_email_address", "work_title"], [["a@example.com", "first"]]))
     env.service.scan_inboxes()

@@ -123,6 +123,11 @@ def test_results_have_exactly_one_line_per_input_row(
     assert sum(summary.counts[k] for k in summary.counts if k != "warning") == len(rows)
     echoed = [r["primary_email_address"] for r in lines]
     assert echoed == [f"person{r[3]}@example.com" for r in rows]
+    # The results file ends its lines as the input does (line ends inside quoted cells aside).
+    stem = summary.file.rsplit(".csv", 1)[0]
+    raw = (env.dirs.results / f"{stem}.{summary.job_id}.results.csv").read_bytes()
+    header_end = raw.split(b"row,outcome,code,message", 1)[1].split(b"\n", 1)[0]
+    assert header_end.endswith(b"\r") == crlf
 
 
 def _record_start_lines(text: str) -> list[int]:

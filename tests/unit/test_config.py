@@ -178,6 +178,39 @@ def test_unknown_environment_key_names_the_dotted_key(monkeypatch: pytest.Monkey
     assert "unknown key 'daemon.retenton_days'" in error_of()
 
 
+def test_a_misspelt_environment_variable_is_named(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORGSYNCD_DAEMON__DATABSE_URL", "postgresql://db/x")
+    assert error_of() == (
+        "environment variable ORGSYNCD_DAEMON__DATABSE_URL: unknown key 'daemon.databse_url'; "
+        "did you mean 'database_url'?"
+    )
+    path = toml(isolated, BASIC)  # also over a file: the variable, not the file, is at fault
+    assert error_of(path).startswith("environment variable ORGSYNCD_DAEMON__DATABSE_URL: ")
+
+
+def test_a_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORGSYNCD_SFTP__LISTEN", "everywhere")
+    assert (
+        error_of() == "environment variable ORGSYNCD_SFTP__LISTEN: sftp.listen: 'everywhere' is not HOST:PORT"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("[daemon]\nretenton_days = 5\n", "; did you mean 'retention_days'?"),
+        ("[tenants.acme]\nsyncmode = 'full'\n", "; did you mean 'sync_mode'?"),
+        ("[deamon]\nretention_days = 5\n", "; did you mean 'daemon'?"),
+        ("verbose = true\n", ""),
+    ],
+)
+def test_a_misspelt_key_in_the_file_gets_a_suggestion(isolated: Path, text: str, hint: str) -> None:
+    path = toml(isolated, text)
+    message = error_of(path)
+    assert message.startswith(f"{path}: unknown key ")
+    assert message.endswith(hint) if hint else "did you mean" not in message
+
+
 def test_unknown_environment_tenant_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORGSYNCD_TENANTS__DEMO__SYNCMODE", "full")
     assert "unknown key 'tenants.demo.syncmode'" in error_of()

@@ -15,7 +15,7 @@ import structlog
 import structlog.testing
 from structlog.contextvars import bound_contextvars
 
-from orgsyncd.logging import REDACTED, configure_logging
+from orgsyncd.logging import REDACTED, configure_logging, guarding, machine_readable
 
 Lines = Callable[[], list[dict[str, Any]]]
 
@@ -25,7 +25,8 @@ def _restore_logging() -> Iterator[None]:
     """configure_logging() changes process-wide state; put it back for the other tests."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    libraries = {n: logging.getLogger(n).level for n in ("asyncssh", "sqlalchemy", "apscheduler")}
+    names = ("asyncssh", "sqlalchemy", "apscheduler", "alembic", "watchdog")
+    libraries = {n: logging.getLogger(n).level for n in names}
     yield
     logging.captureWarnings(False)
     root.handlers[:] = handlers
@@ -72,7 +73,7 @@ def test_level_filters_structlog_events(out: io.StringIO) -> None:
 def test_bound_contextvars_appear_in_structlog_and_stdlib_lines(lines: Lines) -> None:
     with bound_contextvars(tenant="acme", job_id=42, file="full_2024.csv", peer="192.0.2.7"):
         structlog.get_logger().info("row_batch")
-        logging.getLogger("apscheduler.scheduler").info("Running job")
+        logging.getLogger("apscheduler.scheduler").warning("Run time of job was missed")
     structlog.get_logger().info("after")
 
     inside_structlog, inside_stdlib, after = lines()
@@ -85,15 +86,29 @@ def test_bound_contextvars_appear_in_structlog_and_stdlib_lines(lines: Lines) ->
 
 
 def test_stdlib_loggers_go_through_the_same_renderer(lines: Lines) -> None:
-    logging.getLogger("apscheduler.executors").info("Job %s executed", "hourly")
-    logging.getLogger("watchdog.observers").warning("inotify limit")
+    logging.getLogger("apscheduler.executors").warning("Job %s missed", "hourly")
+    logging.getLogger("watchdog.observers").error("inotify limit")
 
     aps, wd = lines()
-    assert aps["event"] == "Job hourly executed"
+    assert aps["event"] == "Job hourly missed"
     assert aps["logger"] == "apscheduler.executors"
-    assert aps["level"] == "info"
+    assert aps["level"] == "warning"
     assert "timestamp" in aps
-    assert (wd["logger"], wd["level"]) == ("watchdog.observers", "warning")
+    assert (wd["logger"], wd["level"]) == ("watchdog.observers", "error")
+
+
+@pytest.mark.parametrize(
+    "library", ["alembic.runtime.migration", "apscheduler.scheduler", "watchdog", "asyncssh"]
+)
+def test_library_chatter_is_held_at_warning_unless_debug(out: io.StringIO, library: str) -> None:
+    configure_logging(level="info", stream=out)
+    logging.getLogger(library).info("Context impl SQLiteImpl.")
+    logging.getLogger(library).warning("worth knowing")
+    assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["worth knowing"]
+
+    configure_logging(level="debug", stream=out)
+    logging.getLogger(library).info("now shown")
+    assert json.loads(out.getvalue().splitlines()[-1])["event"] == "now shown"
 
 
 def test_asyncssh_chatter_is_held_at_warning(lines: Lines) -> None:
@@ -193,7 +208,7 @@ def test_calling_twice_does_not_duplicate_lines(out: io.StringIO) -> None:
     configure_logging(stream=out)
     configure_logging(stream=out)
     structlog.get_logger().info("once")
-    logging.getLogger("apscheduler").info("once too")
+    logging.getLogger("apscheduler").warning("once too")
 
     assert len(out.getvalue().splitlines()) == 2
 
@@ -242,3 +257,49 @@ def test_capture_logs_still_works_after_configuring(out: io.StringIO) -> None:
 
     assert captured == [{"event": "job_queued", "tenant": "acme", "log_level": "info"}]
     assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["before_capture"]
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("tty", "environment", "expected"),
+    [
+        (True, {}, False),  # a person at a terminal
+        (False, {}, True),  # a pipe or a file
+        (True, {"INVOCATION_ID": "a1b2"}, True),  # systemd, even on a tty
+        (True, {"JOURNAL_STREAM": "8:1234"}, True),
+    ],
+)
+def test_json_off_a_terminal_and_under_systemd(
+    monkeypatch: pytest.MonkeyPatch, tty: bool, environment: dict[str, str], expected: bool
+) -> None:
+    for name in ("INVOCATION_ID", "JOURNAL_STREAM"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert machine_readable(_Tty() if tty else io.StringIO()) is expected
+
+
+def test_log_lines_are_written_around_a_guarded_line(out: io.StringIO) -> None:
+    configure_logging(level="info", stream=out)
+    calls: list[str] = []
+
+    class Guard:
+        def clear(self) -> None:
+            calls.append("clear")
+            out.write("<cleared>")
+
+        def redraw(self) -> None:
+            calls.append("redraw")
+            out.write("<bar>")
+
+    with guarding(Guard()):
+        structlog.get_logger().info("during")
+    structlog.get_logger().info("after")
+    assert calls == ["clear", "redraw"]
+    text = out.getvalue()
+    assert text.startswith("<cleared>{") and '"during"' in text.split("<bar>")[0]
+    assert '"after"' in text.split("<bar>")[1]
