@@ -24,7 +24,14 @@ from orgsyncd.core.header import EMAIL, FIRST, LAST, TITLE, UID
 from orgsyncd.core.results import Summary, escape
 from orgsyncd.errors import OrgsyncError, UsageError
 from orgsyncd.jobrunner import JobRunner, Progress
-from orgsyncd.paths import TenantDirs, is_temporary_name, mode_from_name, result_paths, tenant_dirs
+from orgsyncd.paths import (
+    TenantDirs,
+    is_temporary_name,
+    mode_from_name,
+    report_path,
+    result_paths,
+    tenant_dirs,
+)
 from orgsyncd.store.db import make_engine, migrate
 from orgsyncd.store.jobs import (
     HELD,
@@ -272,10 +279,16 @@ class Service:
 
     def job_files(self, job: JobRecord) -> dict[str, str | None]:
         """Where the job's files are on this host: its input (queued: the spool; processed: the
-        archive), results and summary; None for a file that is not there (not written yet, pruned)."""
+        archive), results, summary and report; None for a file that is not there (not written yet, pruned)."""
         dirs = self.dirs(job.tenant)
         results, summary = result_paths(dirs, job.file_name, job.id)
-        paths = {"input": self.runner.input_path(job), "results": results, "summary": summary}
+        report = report_path(dirs, job.file_name, job.id)
+        paths = {
+            "input": self.runner.input_path(job),
+            "results": results,
+            "summary": summary,
+            "report": report,
+        }
         return {name: str(path) if path.exists() else None for name, path in paths.items()}
 
     def _refuse_if_held(self, tenant: str) -> None:

@@ -73,6 +73,7 @@ def test_import_prints_the_summary_and_writes_results(tmp_path: Path) -> None:
         "input": str(tree / f"archive/r.{summary['job_id']}.csv"),
         "results": str(tree / f"results/r.{summary['job_id']}.results.csv"),
         "summary": str(tree / f"results/r.{summary['job_id']}.summary.json"),
+        "report": str(tree / f"results/r.{summary['job_id']}.report.html"),
     }
 
 

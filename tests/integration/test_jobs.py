@@ -57,6 +57,7 @@ def test_job_files_say_where_input_and_results_are(env: Env) -> None:
         "input": str(env.dirs.archive / f"w.{job_id}.csv"),
         "results": str(env.dirs.results / f"w.{job_id}.results.csv"),
         "summary": str(env.dirs.results / f"w.{job_id}.summary.json"),
+        "report": str(env.dirs.results / f"w.{job_id}.report.html"),
     }
 
 
