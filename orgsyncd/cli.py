@@ -152,16 +152,20 @@ def _summary_line(summary: Summary) -> str:
     """``day1.csv: partially_succeeded (job 3, tenant demo, delta): 2 created, 1 error``"""
     counts = ", ".join(f"{n} {outcome}" for outcome, n in summary.counts.items() if n) or "no rows"
     if summary.job_id is None:
-        return (
-            f"{summary.file}: dry run ({summary.tenant}, {summary.mode}), nothing changed: would be {counts}"
-        )
+        where = f"tenant {summary.tenant}, {summary.mode}"
+        return f"{summary.file}: dry run ({where}), nothing changed; it would be: {counts}"
     where = f"job {summary.job_id}, tenant {summary.tenant}, {summary.mode}"
+    if summary.status == "held":
+        return f"{summary.file}: held ({where}), nothing applied yet; it would be: {counts}"
     return f"{summary.file}: {summary.status} ({where}): {counts}"
 
 
 def _failure_sentence(summary: Summary) -> str:
     if summary.status == "held":
-        return f"job {summary.job_id} is held: {summary.extra.get('message', 'threshold exceeded')}"
+        reason = summary.extra.get("message", "threshold exceeded")
+        if summary.job_id is None:
+            return f"{summary.file} would be held (threshold_exceeded): {reason}"
+        return f"job {summary.job_id} is held: {reason}"
     error = summary.extra.get("error")
     if error:
         code = error["code"]

@@ -478,11 +478,15 @@ FROM x"""
             if over_count
             else f"max_deactivation_ratio = {cfg.max_deactivation_ratio:g}"
         )
-        return (
+        reason = (
             f"this full import would deactivate {plan.deactivations} of {plan.licensed} licensed "
-            f"learners, more than {limit} allows; nothing was applied. An operator can apply it "
-            f"with 'orgsyncd jobs approve {self.req.job_id}' or drop it with "
-            f"'orgsyncd jobs reject {self.req.job_id}'"
+            f"learners, more than {limit} allows; nothing was applied"
+        )
+        if not self.req.job_id:  # a dry run: there is no job to approve
+            return reason
+        return (
+            f"{reason}. An operator can apply it with 'orgsyncd jobs approve {self.req.job_id}' "
+            f"or drop it with 'orgsyncd jobs reject {self.req.job_id}'"
         )
 
 

@@ -195,6 +195,15 @@ def test_dry_run_changes_nothing(env: Env) -> None:
     assert [j.file_name for j in env.service.jobs.recent(tenant=env.tenant)] == ["base.csv"]
 
 
+def test_a_dry_run_that_would_be_held_names_no_job_to_approve(env: Env) -> None:
+    full_setup(env)
+    summary = env.run(people(15), name="full_today.csv", dry_run=True)
+    assert summary.status == "held" and "5 of 20" in summary.extra["message"]
+    assert "jobs approve" not in summary.extra["message"]  # there is no job: nothing to approve
+    real = env.run(people(15), name="full_today.csv")
+    assert f"orgsyncd jobs approve {real.job_id}'" in real.extra["message"]
+
+
 @pytest.mark.parametrize("point", ["after_stage", "after_plan", "after_apply", "before_commit"])
 def test_a_crash_before_commit_leaves_the_database_untouched(
     env: Env, point: str, monkeypatch: pytest.MonkeyPatch
