@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from orgsyncd.core import formats
 from orgsyncd.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/orgsyncd/orgsyncd.toml")
@@ -115,6 +116,36 @@ class TenantConfig(_Section):
     max_deactivations: int | None = Field(default=None, ge=0)
     strict_headers: bool = False
     blank_means: Literal["unchanged", "clear", "error"] = "unchanged"
+    # The tenant's own file format (docs/tenant-formats.md).
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    columns: dict[str, str] = Field(default_factory=dict)
+    values: dict[str, dict[str, str]] = Field(default_factory=dict)
+    groups_from: list[str] = Field(default_factory=list)
+    ignore_columns: list[str] = Field(default_factory=list)
+    require_encryption: bool = False
+    pgp_private_key: Path | None = None
+    pgp_passphrase_file: Path | None = None
+    pgp_signer_key: Path | None = None
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, value: str) -> str:
+        return formats.check_delimiter(value)
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        return formats.check_encoding(value)
+
+    @model_validator(mode="after")
+    def _mapping_valid(self) -> TenantConfig:
+        formats.check_names(self.columns, self.groups_from, self.ignore_columns)
+        formats.check_columns(self.columns, self.license_types)
+        formats.check_values(self.values, self.columns, self.license_types)
+        if self.pgp_passphrase_file is not None and self.pgp_private_key is None:
+            raise ValueError("pgp_passphrase_file is set but pgp_private_key is not")
+        return self
 
     @field_validator("licenses")
     @classmethod

@@ -9,6 +9,7 @@ next start. So a job is applied once and its result files appear once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import zlib
@@ -25,10 +26,11 @@ from sqlalchemy import Connection, Engine, text
 from orgsyncd import faults
 from orgsyncd.config import Settings, TenantConfig
 from orgsyncd.core.header import HeaderRules, Issue, Layout, analyse_header
-from orgsyncd.core.reader import Record, line_ending, read_echo_records, read_records
+from orgsyncd.core.reader import Record, is_encrypted, line_ending
 from orgsyncd.core.report import HeldPlan, IssueGroup, ReportData, SeatUsage, render
 from orgsyncd.core.results import ResultsWriter, Summary, empty_counts, summary_status, write_json
 from orgsyncd.core.rows import RowRules, RowValidator, roster_rows
+from orgsyncd.core.workbook import is_workbook_name
 from orgsyncd.errors import FileRejected
 from orgsyncd.paths import (
     TenantDirs,
@@ -40,6 +42,7 @@ from orgsyncd.paths import (
     result_paths,
     tenant_dirs,
 )
+from orgsyncd.sources import RosterSource, TenantFormat, open_source, table_key, tenant_format
 from orgsyncd.store.db import import_cache, is_sqlite, write_transaction
 from orgsyncd.store.importer import (
     Applier,
@@ -72,6 +75,7 @@ _PROGRESS_EVERY = 16_384
 class Staged:
     layout: Layout
     rows: int
+    source: RosterSource
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +101,7 @@ def _request(
         mode=mode,
         approved=approved,
         groups=[name for _, name in staged.layout.groups],
+        sources=[key for _, key in staged.layout.sources],
         has_uid="unique_user_id" in staged.layout.text,
         rows=staged.rows,
         now=utcnow(),
@@ -146,9 +151,13 @@ class JobRunner:
             None, tenant_name, source.name, "", mode, "", received_at=started, started_at=started
         )
         summary.extra["dry_run"] = True
-        with self.engine.connect() as conn, conn.begin():
+        with (
+            self.engine.connect() as conn,
+            conn.begin(),
+            open_source(source, tenant_name, tenant) as roster,
+        ):
             try:
-                staged = self._stage(conn, source, tenant, progress)
+                staged = self._stage(conn, roster, tenant_name, tenant, progress)
             except FileRejected as exc:
                 summary.status, summary.finished_at = "failed", utcnow()
                 summary.counts["error"] = 1
@@ -157,6 +166,7 @@ class JobRunner:
             request = _request(staged, tenant, tenant_id, 0, mode, approved=False)
             plan = Planner(conn, request).plan()
             self._fill(summary, plan, staged.layout.warnings)
+            _note_delimiter(summary, tenant, roster)
             conn.rollback()
         return summary
 
@@ -195,15 +205,17 @@ class JobRunner:
     def _stage_plan_apply(
         self, conn: Connection, run: _Run, progress: Progress | None
     ) -> Summary | FileRejected | None:
-        try:
-            with conn.begin():
-                staged = self._stage(conn, run.source, run.tenant, progress)
-        except FileRejected as exc:
-            drop_staging(conn)
-            conn.commit()
-            return exc
-        faults.checkpoint("after_stage")
-        return self._plan_and_apply(conn, run, staged)
+        scratch = run.dirs.spool / f"{run.job.id}.sheet.csv.tmp"
+        with open_source(run.source, run.job.tenant, run.tenant, scratch) as source:
+            try:
+                with conn.begin():
+                    staged = self._stage(conn, source, run.job.tenant, run.tenant, progress)
+            except FileRejected as exc:
+                drop_staging(conn)
+                conn.commit()
+                return exc
+            faults.checkpoint("after_stage")
+            return self._plan_and_apply(conn, run, staged)
 
     def _plan_and_apply(self, conn: Connection, run: _Run, staged: Staged) -> Summary | None:
         job = run.job
@@ -217,6 +229,7 @@ class JobRunner:
                 faults.checkpoint("after_plan")
                 summary = self._summary(run)
                 self._fill(summary, plan, staged.layout.warnings)
+                _note_delimiter(summary, run.tenant, staged.source)
                 before = seats_in_use(conn, job.tenant_id)
                 after = before
                 if plan.held_reason is None:
@@ -239,24 +252,45 @@ class JobRunner:
         return summary
 
     def _stage(
-        self, conn: Connection, source: Path, tenant: TenantConfig, progress: Progress | None
+        self,
+        conn: Connection,
+        source: RosterSource,
+        name: str,
+        tenant: TenantConfig,
+        progress: Progress | None,
     ) -> Staged:
-        records = read_records(source, progress=progress)
-        layout = self._header(records, tenant)
-        rules = RowRules(tenant.blank_means, tenant.default_license)
-        validator = RowValidator(layout, rules, seed=_fingerprint_seed(layout, tenant))
-        create_staging(conn, len(layout.groups))
-        rows = load_staging(
-            conn, starmap(validator.validate, roster_rows(records, layout)), len(layout.groups)
-        )
-        return Staged(layout=layout, rows=rows)
+        fmt = tenant_format(name, tenant)
+        with contextlib.closing(source.records(progress=progress)) as records:  # closed on errors too
+            layout = self._header(records, name, tenant, fmt, source)
+            rules = RowRules(tenant.blank_means, tenant.default_license)
+            seed = _fingerprint_seed(layout, tenant, fmt)
+            validator = RowValidator(layout, rules, seed=seed, mapping=fmt.mapping)
+            groups, sources = len(layout.groups), len(layout.sources)
+            create_staging(conn, groups, sources)
+            rows = load_staging(
+                conn, starmap(validator.validate, roster_rows(records, layout)), groups, sources
+            )
+        return Staged(layout=layout, rows=rows, source=source)
 
-    def _header(self, records: Iterator[Record], tenant: TenantConfig) -> Layout:
+    def _header(
+        self,
+        records: Iterator[Record],
+        name: str,
+        tenant: TenantConfig,
+        fmt: TenantFormat,
+        source: RosterSource,
+    ) -> Layout:
         first = next(records, None)
         if first is None:
             raise FileRejected("empty_file", "the file has no header line (it is empty or blank)")
-        rules = HeaderRules(tenant.license_types, tenant.default_license, tenant.strict_headers)
-        return analyse_header(first[1], rules)
+        rules = HeaderRules(
+            tenant.license_types,
+            tenant.default_license,
+            tenant.strict_headers,
+            delimiter=source.delimiter or ",",
+            key=table_key(name),
+        )
+        return analyse_header(first[1], rules, fmt.mapping)
 
     def _lock_tenant(self, conn: Connection, tenant_id: int) -> bool:
         """PostgreSQL: one instance works a tenant's queue at a time (SQLite has one writer anyway)."""
@@ -315,11 +349,11 @@ class JobRunner:
             writer = ResultsWriter(out, layout.names, _newline(run))
             writer.issues(issues)
             if layout.row >= 0 or writer.drop:  # a results file uploaded again
-                records = read_records(run.source)
+                records = staged.source.records()
                 next(records)  # the header
                 written = writer.rows(result_lines(conn, default), roster_rows(records, layout), default)
             else:
-                echoes = read_echo_records(run.source)
+                echoes = staged.source.echo_records()
                 next(echoes)  # the header
                 written = writer.echo_rows(result_lines(conn, default), echoes, default)
         if written != staged.rows:  # the second read must see the rows the first one staged
@@ -452,7 +486,8 @@ class JobRunner:
     def _unsupported(self, job: JobRecord) -> FileRejected:
         return FileRejected(
             "unsupported_file_type",
-            f"{job.file_name!r} is not a roster file; upload a .csv or .csv.gz file (CSV UTF-8)",
+            f"{job.file_name!r} is not a roster file; upload a .csv, .csv.gz or .xlsx file, or one of "
+            "them PGP-encrypted as .csv.pgp, .csv.gpg, .csv.asc or .csv.gz.pgp",
         )
 
     def input_path(self, job: JobRecord) -> Path:
@@ -464,8 +499,12 @@ class JobRunner:
 
 
 def _newline(run: _Run) -> str:
-    """The input's line ending, for its results; a file that is not a roster is not opened."""
-    return line_ending(run.source) if is_roster_name(run.job.file_name) else "\r\n"
+    """The input's line ending, for its results; a file that is not a roster is not opened, and
+    neither a workbook (no lines) nor an encrypted file (not decrypted a third time) is looked at."""
+    name = run.job.file_name
+    if not is_roster_name(name) or is_workbook_name(name) or is_encrypted(Path(name)):
+        return "\r\n"
+    return line_ending(run.source)
 
 
 def _unlink_inbox_copy(inbox_file: Path, spool: Path) -> None:
@@ -502,16 +541,25 @@ def _file_issue_groups(issues: list[Issue]) -> list[IssueGroup]:
     ]
 
 
-def _fingerprint_seed(layout: Layout, tenant: TenantConfig) -> int:
-    """What else decides a row's effect besides its cells: the header and the tenant's rules."""
-    context = (
+def _fingerprint_seed(layout: Layout, tenant: TenantConfig, fmt: TenantFormat) -> int:
+    """What else decides a row's effect besides its cells: the header and the tenant's rules
+    (its column and value mapping too)."""
+    context: tuple[object, ...] = (
         layout.names,
         tenant.blank_means,
         tenant.default_license,
         sorted(tenant.licenses),
         tenant.inactive_group,
     )
+    if not fmt.mapping.is_empty:  # unmapped tenants keep the fingerprints they have
+        context += fmt.mapping.fingerprint_context()
     return zlib.crc32(repr(context).encode("utf-8"))
+
+
+def _note_delimiter(summary: Summary, tenant: TenantConfig, source: RosterSource) -> None:
+    """With ``delimiter = "auto"`` the summary says which one the file was split with."""
+    if tenant.delimiter == "auto" and source.delimiter is not None:
+        summary.extra["delimiter"] = source.delimiter
 
 
 class _atomic_text:

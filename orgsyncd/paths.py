@@ -17,7 +17,14 @@ from pathlib import Path
 
 VISIBLE_DIRS = ("inbox", "results", "exports", "archive")
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart")
-ROSTER_SUFFIXES = (".csv.gz", ".csv")
+# Longest first: a name keeps its whole roster suffix in archive/ (``day1.7.csv.gz.pgp``).
+ROSTER_SUFFIXES = (
+    *(f".csv.gz{pgp}" for pgp in (".pgp", ".gpg", ".asc")),
+    *(f".csv{pgp}" for pgp in (".pgp", ".gpg", ".asc")),
+    ".csv.gz",
+    ".csv",
+    ".xlsx",
+)
 _MODE_PREFIX = re.compile(r"^(full|delta)_", re.IGNORECASE)
 
 

@@ -82,13 +82,26 @@ class Env:
     def run(self, text: str, name: str | None = None, **kwargs: Any) -> Summary:
         return self.service.import_file(self.tenant, self.write(text, name), **kwargs)
 
+    def run_bytes(self, data: bytes, name: str, **kwargs: Any) -> Summary:
+        path = self.root / "in" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return self.service.import_file(self.tenant, path, **kwargs)
+
+    def results_text(self, summary: Summary) -> str:
+        from orgsyncd.paths import result_paths
+
+        return result_paths(self.dirs, summary.file, summary.job_id or 0)[0].read_text(encoding="utf-8")
+
     def results(self, summary: Summary) -> list[dict[str, str]]:
-        stem = summary.file.rsplit(".csv", 1)[0]
-        return read_csv(self.dirs.results / f"{stem}.{summary.job_id}.results.csv")
+        from orgsyncd.paths import result_paths
+
+        return read_csv(result_paths(self.dirs, summary.file, summary.job_id or 0)[0])
 
     def summary_json(self, summary: Summary) -> dict[str, Any]:
-        stem = summary.file.rsplit(".csv", 1)[0]
-        return json.loads((self.dirs.results / f"{stem}.{summary.job_id}.summary.json").read_text())
+        from orgsyncd.paths import result_paths
+
+        return json.loads(result_paths(self.dirs, summary.file, summary.job_id or 0)[1].read_text())
 
     @property
     def dirs(self) -> Any:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from orgsyncd.errors import FileRejected
+
+if TYPE_CHECKING:
+    from orgsyncd.core.formats import Mapping
 
 EMAIL = "primary_email_address"
 EMAIL_ALIAS = "primary_email"
@@ -18,6 +22,13 @@ STATUS_SUFFIX = "_status"
 GROUP_PREFIX = "group/"
 RESULT_COLUMNS = frozenset({"row", "outcome", "code", "message"})
 TEXT_COLUMNS = (UID, FIRST, LAST, TITLE)
+_HANDLED = ""  # no mapping target is empty
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def fold(name: str) -> str:
+    """How header names and mapped values are compared: trimmed, BOM dropped, case ignored."""
+    return name.replace("\ufeff", "").strip().lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +51,10 @@ class Layout:
     statuses: list[tuple[int, str]] = field(default_factory=list)  # (index, license type)
     active: int = -1
     groups: list[tuple[int, str]] = field(default_factory=list)  # (index, group name as given)
+    sources: list[tuple[int, str]] = field(default_factory=list)  # (index, groups_from key)
     names: list[str] = field(default_factory=list)  # header cells as given, trimmed
+    columns: dict[int, str] = field(default_factory=dict)  # index -> our column (`active` kept)
+    renamed: set[int] = field(default_factory=set)  # indexes renamed by the tenant's mapping
     warnings: list[Issue] = field(default_factory=list)
 
     @property
@@ -53,41 +67,77 @@ class HeaderRules:
     license_types: Sequence[str]
     default_license: str | None
     strict_headers: bool = False
+    delimiter: str = ","  # the one the file was split with, for the "looks X-separated" message
+    key: str = ""  # the tenant's configuration table, e.g. [tenants.acme], named in messages
 
 
-def analyse_header(cells: Sequence[str], rules: HeaderRules) -> Layout:
+def analyse_header(cells: Sequence[str], rules: HeaderRules, mapping: Mapping | None = None) -> Layout:
+    """Where each column of ours is. With a tenant ``mapping`` their names are renamed first
+    (matched after ``fold``); our own names are always accepted too."""
     layout = Layout(width=len(cells))
     seen: dict[str, int] = {}
     for index, raw in enumerate(cells):
         name = raw.replace("\ufeff", "").strip()
         layout.names.append(name)
-        _place(layout, index, name, rules, seen)
+        target = _mapped(layout, index, name, mapping, seen)
+        if target != _HANDLED:
+            _place(layout, index, name, rules, seen, target)
     if layout.email < 0:
-        raise _missing_email(layout.names)
+        raise _missing_email(layout.names, rules)
     if rules.strict_headers and layout.warnings:
         raise FileRejected("invalid_header", layout.warnings[0].message + " (strict_headers)")
     return layout
 
 
-def _place(layout: Layout, index: int, name: str, rules: HeaderRules, seen: dict[str, int]) -> None:
-    lower = name.lower()
-    if lower in RESULT_COLUMNS:
+def _mapped(
+    layout: Layout, index: int, name: str, mapping: Mapping | None, seen: dict[str, int]
+) -> str | None:
+    """Our column for one of theirs (None: not mapped; _HANDLED: a group source or ignored)."""
+    if mapping is None or mapping.is_empty:
+        return None
+    folded = fold(name)
+    if folded in mapping.ignore:
+        return _HANDLED
+    if folded in mapping.groups_from:
+        _check_duplicate(f"from:{folded}", index, name, layout.names, seen, mapping.key)
+        layout.sources.append((index, folded))
+        return _HANDLED
+    return mapping.columns.get(folded)
+
+
+def _place(
+    layout: Layout, index: int, name: str, rules: HeaderRules, seen: dict[str, int], target: str | None
+) -> None:
+    canonical = target if target is not None else name
+    lower = canonical.lower()
+    if lower in RESULT_COLUMNS and target is None:
         if lower == "row":
             layout.row = index
         return  # a results file uploaded again: its bookkeeping columns are ignored
     key = _identity(lower, rules)
     if key is None:
+        hint = f" (map it in {_sub(rules.key, 'columns')} or list it in ignore_columns)" if rules.key else ""
         layout.warnings.append(
             Issue(
                 "warning",
                 "unknown_column",
-                f"column {index + 1} {name!r} is not a roster column; ignored",
+                f"column {index + 1} {name!r} is not a roster column; ignored{hint}",
             )
         )
         return
-    _check_duplicate(key, index, name, layout.names, seen)
-    _check_case(layout, name, lower)
-    _assign(layout, index, key, name, rules)
+    if target is not None:
+        layout.renamed.add(index)
+    renamed = target is not None or seen.get(key, -1) in layout.renamed
+    _check_duplicate(key, index, name, layout.names, seen, (rules.key or "[tenants]") if renamed else None)
+    if target is None:
+        _check_case(layout, name, lower)
+    layout.columns[index] = ACTIVE if lower == ACTIVE else key
+    _assign(layout, index, key, canonical, rules)
+
+
+def _sub(key: str, table: str) -> str:
+    """``[tenants.acme]`` -> ``[tenants.acme.columns]``."""
+    return key[:-1] + "." + table + "]" if key.endswith("]") else f"{key} {table}"
 
 
 def _identity(lower: str, rules: HeaderRules) -> str | None:
@@ -106,9 +156,19 @@ def _identity(lower: str, rules: HeaderRules) -> str | None:
     return None
 
 
-def _check_duplicate(key: str, index: int, name: str, names: list[str], seen: dict[str, int]) -> None:
+def _check_duplicate(
+    key: str, index: int, name: str, names: list[str], seen: dict[str, int], mapped_by: str | None = None
+) -> None:
     if key in seen:
         first = seen[key]
+        if mapped_by is not None:
+            meaning = key.removeprefix("from:")
+            raise FileRejected(
+                "duplicate_header",
+                f"column {index + 1} {name!r} and column {first + 1} {names[first]!r} both become "
+                f"{meaning!r} after {_sub(mapped_by, 'columns')}; each column may appear once: map one "
+                "of them, or list the other in ignore_columns",
+            )
         raise FileRejected(
             "duplicate_header",
             f"column {index + 1} {name!r} repeats column {first + 1} {names[first]!r}; "
@@ -173,16 +233,26 @@ def _require_default_license(rules: HeaderRules) -> None:
         )
 
 
-def _missing_email(names: list[str]) -> FileRejected:
-    if len(names) == 1 and (";" in names[0] or "\t" in names[0]):
-        sep = "semicolon" if ";" in names[0] else "tab"
+def _missing_email(names: list[str], rules: HeaderRules) -> FileRejected:
+    other = [d for d in _DELIMITER_NAMES if d != rules.delimiter and len(names) == 1 and d in names[0]]
+    if other:
+        sep, ours = _DELIMITER_NAMES[other[0]], _DELIMITER_NAMES.get(rules.delimiter, rules.delimiter)
+        shown = other[0].replace("\t", "\\t")
+        table = rules.key or "the tenant's configuration"
         return FileRejected(
             "malformed_csv",
-            f"the header looks {sep}-separated; orgsyncd reads comma-separated files: "
-            "export the roster as CSV with commas (CSV UTF-8)",
+            f"the header looks {sep}-separated, but this tenant's files are read as {ours}-separated: "
+            f'set delimiter = "{shown}" (or "auto") in {table}, or export the roster as CSV '
+            "with commas (CSV UTF-8)",
+        )
+    hint = ""
+    if rules.key:
+        hint = (
+            f"; if the file calls it something else, map it in {_sub(rules.key, 'columns')}, "
+            f'e.g. "Work Email" = "{EMAIL}"'
         )
     return FileRejected(
         "missing_required_column",
         f"the required column {EMAIL!r} (or {EMAIL_ALIAS!r}) is missing from the header; "
-        f"the header has: {', '.join(repr(n) for n in names)}",
+        f"the header has: {', '.join(repr(n) for n in names)}{hint}",
     )

@@ -1,4 +1,5 @@
-"""Streaming CSV reading: UTF-8 (BOM or not), RFC 4180, LF/CRLF/CR, plain or gzip.
+"""Streaming CSV reading: RFC 4180, LF/CRLF/CR, plain, gzip or decrypted, in the tenant's encoding
+(UTF-8 with or without a BOM unless configured) and delimiter.
 
 Yields ``(line, fields)`` where ``line`` is the physical line the record starts on (header = 1),
 never holding more than one record in memory.
@@ -10,22 +11,41 @@ import codecs
 import csv
 import gzip
 import io
+import itertools
 import re
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from orgsyncd.core.formats import DELIMITER_NAMES, DELIMITERS, Decoding, encoding_name
 from orgsyncd.errors import FileRejected
 
 Record = tuple[int, list[str]]
+# Turns the stored bytes of an encrypted file into the plaintext stream (see orgsyncd.pgp).
+Decrypt = Callable[[BinaryIO], AbstractContextManager[BinaryIO]]
 _CHUNK = 1 << 16
 _PROGRESS_MASK = (1 << 14) - 1
+_UTF8_BOM = codecs.BOM_UTF8
+PGP_SUFFIXES = (".pgp", ".gpg", ".asc")
+UTF8 = Decoding()
+# In order of preference among codecs that decode a sample identically.
+_LIKELY_CODECS = (
+    "cp1252", "iso8859_15", "latin_1", "cp1250", "cp1251", "cp1253", "cp1254", "cp1257",
+    "mac_roman", "cp850", "utf_16", "shift_jis", "gb18030", "big5", "euc_kr",
+)  # fmt: skip
+
+
+def is_encrypted(path: Path) -> bool:
+    return path.name.lower().endswith(PGP_SUFFIXES)
 
 
 def is_gzip(path: Path) -> bool:
-    return path.name.lower().endswith(".gz")
+    name = path.name.lower()
+    if name.endswith(PGP_SUFFIXES):
+        name = name[:-4]
+    return name.endswith(".gz")
 
 
 @contextmanager
@@ -38,21 +58,98 @@ def _decompressed(path: Path, raw: BinaryIO) -> Iterator[BinaryIO]:
 
 
 @contextmanager
-def open_binary(path: Path) -> Iterator[BinaryIO]:
-    with path.open("rb") as raw, _decompressed(path, raw) as binary:
+def _decrypted(path: Path, raw: BinaryIO, decrypt: Decrypt | None) -> Iterator[BinaryIO]:
+    if not is_encrypted(path):
+        yield raw
+        return
+    if decrypt is None:
+        raise FileRejected("decryption_failed", "the file is PGP-encrypted and nothing here can decrypt it")
+    with decrypt(raw) as plain:
+        yield plain
+
+
+@contextmanager
+def open_binary(path: Path, decrypt: Decrypt | None = None) -> Iterator[BinaryIO]:
+    """The file's content as bytes: decrypted, then decompressed, as its name says."""
+    with (
+        path.open("rb") as raw,
+        _decrypted(path, raw, decrypt) as plain,
+        _decompressed(path, plain) as binary,
+    ):
         yield binary
 
 
-def read_records(path: Path, progress: Callable[[int], None] | None = None) -> Iterator[Record]:
+@contextmanager
+def _stored_and_binary(path: Path, decrypt: Decrypt | None) -> Iterator[tuple[BinaryIO, BinaryIO]]:
+    with (
+        path.open("rb") as raw,
+        _decrypted(path, raw, decrypt) as plain,
+        _decompressed(path, plain) as binary,
+    ):
+        yield raw, binary
+
+
+def _codec(binary: BinaryIO, decoding: Decoding) -> str:
+    """The codec for this file: UTF-8 (BOM skipped) for a UTF-8 tenant, and for any file that
+    starts with a UTF-8 BOM (Excel's "CSV UTF-8"), since a BOM says what the file is."""
+    name = encoding_name(decoding.encoding)
+    if name == "utf-8":
+        return "utf-8-sig"
+    peek = getattr(binary, "peek", None)
+    if peek is not None and peek(3)[:3] == _UTF8_BOM:
+        return "utf-8-sig"
+    return name
+
+
+def _text(binary: BinaryIO, decoding: Decoding) -> io.TextIOWrapper:
+    return io.TextIOWrapper(binary, encoding=_codec(binary, decoding), errors="strict", newline="")
+
+
+def pick_delimiter(header_line: str) -> str:
+    """``auto``: the delimiter that splits the header into the most fields (ties: the first of
+    ``DELIMITERS``); a header with none of them is one column, read as comma-separated."""
+    best, most = ",", 1
+    for delimiter in DELIMITERS:
+        count = len(next(csv.reader([header_line], delimiter=delimiter), []))
+        if count > most:
+            best, most = delimiter, count
+    return best
+
+
+def _lines(text: io.TextIOWrapper, decoding: Decoding) -> tuple[Iterator[str], str]:
+    """The text's lines and the delimiter to split them with (``auto`` resolved)."""
+    if decoding.delimiter != "auto":
+        return text, decoding.delimiter
+    leading: list[str] = []
+    while line := text.readline():
+        leading.append(line)
+        if line.strip():
+            return itertools.chain(leading, text), pick_delimiter(line)
+    return iter(leading), ","
+
+
+def read_records(
+    path: Path,
+    progress: Callable[[int], None] | None = None,
+    *,
+    decoding: Decoding = UTF8,
+    decrypt: Decrypt | None = None,
+    used: list[str] | None = None,
+) -> Iterator[Record]:
     """Every non-blank record of the file; raises FileRejected for file-level problems.
 
-    ``progress`` is called now and then with how many bytes of the file (as stored) were read.
+    ``progress`` is called now and then with how many bytes of the file (as stored) were read;
+    the delimiter used (``auto`` resolved) is appended to ``used``.
     """
     last_line = 0
     try:
-        with path.open("rb") as raw, _decompressed(path, raw) as binary:
-            text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="strict", newline="")
-            reader = csv.reader(text, strict=True)
+        with _stored_and_binary(path, decrypt) as (raw, binary), _text(binary, decoding) as text:
+            # (held here: the chain of lines drops its reference at the end, and an unclosed
+            # wrapper collected then warns)
+            lines, delimiter = _lines(text, decoding)
+            if used is not None:
+                used.append(delimiter)
+            reader = csv.reader(lines, delimiter=delimiter, strict=True)
             for fields in reader:
                 start, last_line = last_line + 1, reader.line_num
                 if progress is not None and not start & _PROGRESS_MASK:
@@ -65,7 +162,7 @@ def read_records(path: Path, progress: Callable[[int], None] | None = None) -> I
     except csv.Error as exc:
         raise FileRejected("malformed_csv", _csv_message(last_line + 1, exc)) from None
     except UnicodeDecodeError:
-        raise FileRejected("encoding_error", locate_bad_utf8(path)) from None
+        raise FileRejected("encoding_error", locate_bad_text(path, decoding, decrypt)) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise FileRejected(
             "malformed_csv", f"the file ends in .gz but is not a complete gzip file ({exc})"
@@ -91,12 +188,19 @@ EchoRecord = tuple[int, list[str] | None, str | None]
 _ONE_LINE_RECORD = re.compile(r'(?:[^",]*|"[^"]*(?:""[^"]*)*")(?:,(?:[^",]*|"[^"]*(?:""[^"]*)*"))*')
 
 
-def read_echo_records(path: Path) -> Iterator[EchoRecord]:
+def read_echo_records(
+    path: Path, *, decoding: Decoding = UTF8, decrypt: Decrypt | None = None
+) -> Iterator[EchoRecord]:
     """The records of an already validated file, for echoing into the results file: a record that
-    is one physical line comes back as its raw text (no CSV parsing needed to copy it), any other
-    as parsed fields. Same line numbers and blank-line rules as ``read_records``."""
-    with path.open("rb") as raw, _decompressed(path, raw) as binary:
-        text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="strict", newline="")
+    is one physical line of a comma-separated file comes back as its raw text (no CSV parsing
+    needed to copy it), any other as parsed fields. Same line numbers and blank-line rules as
+    ``read_records``."""
+    if decoding.delimiter != ",":
+        for line, fields in read_records(path, decoding=decoding, decrypt=decrypt):
+            yield line, fields, None
+        return
+    with open_binary(path, decrypt) as binary:
+        text = _text(binary, decoding)
         spanned = 0  # extra physical lines taken by records that span lines
         for count, physical in enumerate(text, 1):
             body = physical.rstrip("\r\n")
@@ -119,6 +223,10 @@ def _continued(first: str, rest: Iterator[str], taken: list[int]) -> Iterator[st
         yield line
 
 
+def delimiter_name(delimiter: str) -> str:
+    return DELIMITER_NAMES.get(delimiter, repr(delimiter))
+
+
 def _csv_message(line: int, exc: csv.Error) -> str:
     text = str(exc)
     if "unexpected end of data" in text or "field larger than field limit" in text:
@@ -130,29 +238,74 @@ def _csv_message(line: int, exc: csv.Error) -> str:
 
 
 def locate_bad_utf8(path: Path) -> str:
-    """Line and column of the first byte that is not UTF-8, for a message the sender can act on."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    line, col, prev_cr = 1, 0, False
-    with open_binary(path) as binary:
+    return locate_bad_text(path, UTF8)
+
+
+def locate_bad_text(path: Path, decoding: Decoding, decrypt: Decrypt | None = None) -> str:
+    """Line and column of the first byte that does not decode, for a message the sender can act
+    on; for a UTF-8 tenant also the encoding the file most likely is, and the key that accepts it."""
+    found = _first_bad_byte(path, decoding, decrypt)
+    codec = encoding_name(decoding.encoding)
+    if found is None:
+        return f"the file is not valid {codec}; save the file as CSV UTF-8 and upload it again"
+    line, col, bad, sample = found
+    where = (
+        f"byte 0x{bad:02X} on line {line}, column {col} is not valid {'UTF-8' if codec == 'utf-8' else codec}"
+    )
+    if codec != "utf-8":
+        return f"{where} (the encoding set in {decoding.key}); check encoding there, or save the file as CSV UTF-8"
+    guess = guess_encoding(sample)
+    if guess is None:
+        return (
+            f"{where} (the file looks like it was saved in a legacy encoding such as Windows-1252); "
+            "save the file as CSV UTF-8 and upload it again"
+        )
+    return (
+        f"{where}: the file looks like {guess}; if the HRIS always writes that, set "
+        f'encoding = "{guess}" in {decoding.key}, otherwise save the file as CSV UTF-8 and upload it again'
+    )
+
+
+def guess_encoding(sample: bytes) -> str | None:
+    """The likeliest codec of ``sample`` (charset-normalizer), None when it cannot tell.
+
+    Only the codecs HR exports are really written in are considered, and of the ones that read
+    the sample identically the commonest is named: a short Western sample reads the same in
+    cp1250 and cp1252, and the file is far more likely to be the latter."""
+    from charset_normalizer import from_bytes  # only ever needed for a broken file
+
+    best = from_bytes(sample, cp_isolation=list(_LIKELY_CODECS)).best()
+    if best is None or best.encoding in ("utf_8", "ascii"):
+        return None
+    same = best.could_be_from_charset
+    return encoding_name(next((c for c in _LIKELY_CODECS if c in same), best.encoding))
+
+
+def _first_bad_byte(
+    path: Path, decoding: Decoding, decrypt: Decrypt | None
+) -> tuple[int, int, int, bytes] | None:
+    """(line, column, byte, the bytes around it) of the first undecodable byte, or None."""
+    with open_binary(path, decrypt) as binary:
+        codec = _codec(binary, decoding)
+        decoder = codecs.getincrementaldecoder(codec)()
+        line, col, prev_cr, first = 1, 0, False, True
         while True:
             chunk = binary.read(_CHUNK)
             try:
                 text = decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as exc:
-                text = exc.object[: exc.start].decode("utf-8", errors="replace")
-                if line == 1 and col == 0:
+                text = exc.object[: exc.start].decode(codec, errors="replace")
+                if first:
                     text = text.removeprefix("\ufeff")
                 line, col, prev_cr = _advance(text, line, col, prev_cr)
-                bad = exc.object[exc.start]
-                return (
-                    f"byte 0x{bad:02X} on line {line}, column {col + 1} is not valid UTF-8 "
-                    "(the file looks like it was saved in a legacy encoding such as Windows-1252); "
-                    "save the file as CSV UTF-8 and upload it again"
-                )
+                sample = chunk + binary.read(_CHUNK * 3)
+                return line, col + 1, exc.object[exc.start], sample
+            if first:
+                text = text.removeprefix("\ufeff")
             line, col, prev_cr = _advance(text, line, col, prev_cr)
+            first = False
             if not chunk:
-                break
-    return "the file is not valid UTF-8; save the file as CSV UTF-8 and upload it again"
+                return None
 
 
 def _advance(text: str, line: int, col: int, prev_cr: bool) -> tuple[int, int, bool]:

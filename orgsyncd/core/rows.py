@@ -12,14 +12,17 @@ from __future__ import annotations
 import operator
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Mapping as Lookup
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from orgsyncd.core.emails import normalize_email
-from orgsyncd.core.header import FIRST, LAST, TITLE, UID, Layout
+from orgsyncd.core.formats import Mapping
+from orgsyncd.core.header import ACTIVE, FIRST, LAST, TITLE, UID, Layout
 from orgsyncd.core.reader import Record
 
-# A valid row: these, then one flag per group. lic_off is "|a|b|" or "".
+# A valid row: these, then one flag per group, then per groups_from column its group's name and
+# name key (both None for no group). lic_off is "|a|b|" or "".
 STAGE_FIXED = ("line", "uid", "email", "first", "last", "title", "lic_on", "lic_off", "fp")
 MAX_EMAIL = 320
 MAX_VALUE = 255
@@ -79,9 +82,12 @@ class RowValidator:
     """Validates records of one file. Lookups are prepared once per file so the per-row path is a
     few dict lookups and string methods."""
 
-    def __init__(self, layout: Layout, rules: RowRules, seed: int = 0) -> None:
+    def __init__(
+        self, layout: Layout, rules: RowRules, seed: int = 0, mapping: Mapping | None = None
+    ) -> None:
         self.width = layout.width
         self.names = layout.names
+        self.columns = layout.columns
         self.email_at = layout.email
         self.text_ats = [layout.text.get(col, -1) for col in (UID, FIRST, LAST, TITLE)]
         self.uid_at = self.text_ats[0]
@@ -99,11 +105,36 @@ class RowValidator:
             "inactive": False,
             "": None if blank is not _BAD else _BAD,
         }
-        self.flag_map = {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}
-        self.flag_map[""] = None if blank is not _BAD else _BAD  # type: ignore[assignment]
+        self.flag_map: dict[str, object] = {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}
+        self.flag_map[""] = None if blank is not _BAD else _BAD
         group_blank = {"unchanged": None, "clear": 0, "error": _BAD}[rules.blank_means]
         self.group_map: dict[str, object] = {"1": 1, "0": 0, "": group_blank}
+        self.mapping = mapping or Mapping()
+        self._translate(layout)
         self.exact_group = {k: v for k, v in self.group_map.items() if v is not _BAD}.__getitem__
+        self.sources = [at for at, _ in layout.sources]
+        self.source_cells = _picker(self.sources)
+
+    def _translate(self, layout: Layout) -> None:
+        """Fold the tenant's value translations into the lookup tables, so a mapped value costs
+        the same single dict lookup as one of ours."""
+        self.status_maps = {at: self.status_map for at, _ in self.statuses}
+        self.active_map = self.flag_map
+        self.text_maps: dict[int, dict[str, str]] = {}
+        if not self.mapping.values:
+            return
+        for at, column in layout.columns.items():
+            table = self.mapping.values_for(column)
+            if table is None:
+                continue
+            if column == ACTIVE:
+                self.active_map = _extended(self.flag_map, table)
+            elif column.endswith("_status"):
+                self.status_maps[at] = _extended(self.status_map, table)
+            elif column.startswith("group/"):
+                self.group_map = _extended(self.group_map, table, keep_case=True)  # group/* only
+            elif column in (FIRST, LAST, TITLE):
+                self.text_maps[at] = dict(table)
 
     def validate(self, line: int, fields: Sequence[str]) -> StagedRow | Rejected:
         if len(fields) != self.width:
@@ -113,17 +144,31 @@ class RowValidator:
             uid, first, last, title = self._texts(fields)
             lic_on, lic_off = self._licenses(fields)
             groups = self._group_flags(fields)
+            if self.sources:
+                groups += self._source_groups(fields)
         except RowError as exc:
             return self._failed(line, fields, exc)
         fp = self.fingerprint(fields)
         return (line, uid or None, email, first, last, title, lic_on, lic_off, fp, *groups)
 
+    def _source_groups(self, fields: Sequence[str]) -> list[object]:
+        """Per groups_from column, the group the cell names: its names, then their keys."""
+        names: list[str | None] = []
+        for at, value in zip(self.sources, self.source_cells(fields), strict=True):
+            value = clean(value)
+            if not value and self.blank_text is _BAD:
+                raise self._blank_error(at)
+            if len(value) > MAX_VALUE:
+                raise RowError("value_too_long", self._too_long(at, len(value), MAX_VALUE))
+            names.append(value or None)
+        return [*names, *(name.casefold() if name else None for name in names)]
+
     def _group_flags(self, fields: Sequence[str]) -> list[object]:
         try:  # cells exactly "1", "0" or an allowed blank: one C-level pass
             return list(map(self.exact_group, self.group_cells(fields)))
-        except KeyError:  # padded with spaces, or not a flag at all
+        except KeyError:  # padded with spaces, another case of a mapped value, or not a flag at all
             flag = self.group_map.get
-            flags = [flag(value.strip(), _BAD) for value in self.group_cells(fields)]
+            flags = [flag(value.strip().lower(), _BAD) for value in self.group_cells(fields)]
             if _BAD in flags:
                 self._group_problem(fields)
             return flags
@@ -169,6 +214,11 @@ class RowValidator:
                 values.append(self._text(fields, at))  # the rare cases, with their errors
             else:
                 values.append(value)
+        if self.text_maps:
+            for i, at in enumerate(self.text_ats):
+                table = self.text_maps.get(at)
+                if table is not None and values[i]:
+                    values[i] = table.get(values[i].lower(), values[i])  # type: ignore[union-attr]
         return values
 
     def _text(self, fields: Sequence[str], at: int) -> str | None:
@@ -195,13 +245,13 @@ class RowValidator:
         on: list[str] = []
         off: list[str] = []
         for at, license_type in self.statuses:
-            state = self.status_map.get(fields[at].strip().lower(), _BAD)
+            state = self.status_maps[at].get(fields[at].strip().lower(), _BAD)
             if state is _BAD:
                 raise self._value_problem(fields, at, "use active or inactive")
             if state is not None:
                 (on if state else off).append(license_type)
         if self.active_at >= 0 and self.default_license:
-            state = self.flag_map.get(fields[self.active_at].strip().lower(), _BAD)
+            state = self.active_map.get(fields[self.active_at].strip().lower(), _BAD)
             if state is _BAD:
                 raise self._value_problem(fields, self.active_at, "use TRUE or FALSE (yes/no, 1/0)")
             if state is not None:
@@ -217,12 +267,31 @@ class RowValidator:
         value = fields[at].strip()
         if not value:
             return self._blank_error(at)
+        column = self.columns.get(at, "")
+        theirs = self.mapping.accepted(column)
+        if theirs:
+            listed = ", ".join(repr(v) for v in theirs)
+            hint += f", or one of this tenant's values: {listed} ({self.mapping.key[:-1]}.values] {column})"
         return RowError("invalid_value", f"{self.names[at]} is {value!r}; {hint}")
 
     def _group_problem(self, fields: Sequence[str]) -> None:
         for at in self.groups:
-            if self.group_map.get(fields[at].strip(), _BAD) is _BAD:
+            if self.group_map.get(fields[at].strip().lower(), _BAD) is _BAD:
                 raise self._value_problem(fields, at, "use 1 (member) or 0 (not a member)")
+
+
+def _extended(
+    base: Lookup[str, object], table: Lookup[str, str], keep_case: bool = False
+) -> dict[str, object]:
+    """``base`` plus their values (folded) meaning what our value means; with ``keep_case`` also
+    as written, for the exact-match fast path of the group flags."""
+    extended = dict(base)
+    for theirs, ours in table.items():
+        meaning = base.get(ours.strip().lower(), _BAD)
+        extended[theirs] = meaning
+        if keep_case:
+            extended[theirs.upper()] = extended[theirs.capitalize()] = meaning
+    return extended
 
 
 def roster_rows(records: Iterator[Record], layout: Layout) -> Iterator[Record]:

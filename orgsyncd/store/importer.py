@@ -37,6 +37,9 @@ class PlanRequest:
     has_uid: bool
     now: datetime
     rows: int  # staged rows
+    # groups_from columns (key of each; staged as group name s0.., name key k0..): a learner is in
+    # one group per such column, remembered as membership.source, and moves when the value does
+    sources: Sequence[str] = ()
 
 
 @dataclass(slots=True)
@@ -83,8 +86,9 @@ class Sql:
         return self.conn.execute(text(sql), params or {}).scalar()
 
 
-def staging_columns(group_count: int) -> list[str]:
-    return [*STAGE_FIXED, *(f"g{i}" for i in range(group_count))]
+def staging_columns(group_count: int, source_count: int = 0) -> list[str]:
+    sources = [*(f"s{k}" for k in range(source_count)), *(f"k{k}" for k in range(source_count))]
+    return [*STAGE_FIXED, *(f"g{i}" for i in range(group_count)), *sources]
 
 
 def ukey(table: str) -> str:
@@ -93,10 +97,12 @@ def ukey(table: str) -> str:
     return f"COALESCE('u:' || {table}.uid, 'e:' || {table}.email)"
 
 
-def create_staging(conn: Connection, group_count: int) -> None:
+def create_staging(conn: Connection, group_count: int, source_count: int = 0) -> None:
     sql = Sql(conn)
     sql.run("DROP TABLE IF EXISTS stg")
     groups = "".join(f", g{i} INTEGER" for i in range(group_count))
+    groups += "".join(f", s{k} TEXT" for k in range(source_count))
+    groups += "".join(f", k{k} TEXT" for k in range(source_count))
     sql.run(
         "CREATE TEMPORARY TABLE stg (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, "
         "uid TEXT, email TEXT, first TEXT, last TEXT, title TEXT, lic_on TEXT, lic_off TEXT, "
@@ -104,9 +110,11 @@ def create_staging(conn: Connection, group_count: int) -> None:
     )
 
 
-def load_staging(conn: Connection, rows: Iterable[StagedRow | Rejected], group_count: int) -> int:
+def load_staging(
+    conn: Connection, rows: Iterable[StagedRow | Rejected], group_count: int, source_count: int = 0
+) -> int:
     """Bulk-load validated rows; returns how many."""
-    columns = staging_columns(group_count)
+    columns = staging_columns(group_count, source_count)
     if conn.dialect.name == "postgresql":
         return _copy_pg(conn, rows, columns)
     valid = f"INSERT INTO stg ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
@@ -186,6 +194,7 @@ class Planner:
     def _build(self) -> None:
         groups = range(len(self.req.groups))
         gcols = "".join(f", g{i} INTEGER, d{i} INTEGER" for i in groups)
+        gcols += "".join(f", s{k} TEXT, k{k} TEXT, o{k} BIGINT, j{k} INTEGER" for k in self._sources)
         self.sql.run("DROP TABLE IF EXISTS pl")
         self.sql.run(
             "CREATE TEMPORARY TABLE pl (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, "
@@ -194,7 +203,7 @@ class Planner:
             "n_email TEXT, n_uid TEXT, n_first TEXT, n_last TEXT, n_title TEXT, n_status TEXT, "
             "n_lic TEXT, outcome TEXT, note TEXT, note_msg TEXT)"
         )
-        params = {**self.p, "base": self._id_base()}
+        params = {**self.p, "base": self._id_base(), **self._source_params()}
         if not self._tenant_has_learners():
             self.sql.run(self._build_sql(self._match_sql()), params)
             return
@@ -235,8 +244,12 @@ class Planner:
     def _promote_unchanged(self, key: str) -> None:
         """Copy into ``pl`` the unchanged rows whose ``key`` is in ``dk``, so they can carry an error."""
         groups = range(len(self.req.groups))
-        gcols = "".join(f", g{i}, d{i}" for i in groups)
-        gvals = "".join(f", s.g{i}, 0" for i in groups)
+        gcols = "".join(f", g{i}, d{i}" for i in groups) + "".join(
+            f", s{k}, k{k}, j{k}" for k in self._sources
+        )
+        gvals = "".join(f", s.g{i}, 0" for i in groups) + "".join(
+            f", s.s{k}, s.k{k}, 0" for k in self._sources
+        )
         self.sql.run(
             f"INSERT INTO pl (line, uid, email, lic_on, fp{gcols}, lid, is_new, adopt, echg, rel, "
             "act, chg, outcome) "
@@ -255,6 +268,10 @@ class Planner:
         gids = self._existing_group_ids()
         x_groups = "".join(f", m.g{i}, {_group_delta(i, gids[i])} AS d{i}" for i in groups)
         any_group = "".join(f" OR x.d{i} <> 0" for i in groups)
+        x_groups += "".join(_source_exprs(k, len(self._sources)) for k in self._sources)
+        any_group += "".join(f" OR x.o{k} IS NOT NULL OR x.j{k} = 1" for k in self._sources)
+        pl_sources = "".join(f", s{k}, k{k}, o{k}, j{k}" for k in self._sources)
+        x_sources = "".join(f", x.s{k}, x.k{k}, x.o{k}, x.j{k}" for k in self._sources)
         new_id = "nextval(pg_get_serial_sequence('learner', 'id'))" if self.sql.pg else ":base + m.line"
         needle = "'|' || l.license_type || '|'"
         off = f"({self.sql.instr('m.lic_off', needle)} > 0)"
@@ -280,11 +297,11 @@ x AS (
     m.email AS n_email, COALESCE(m.uid, l.uid) AS n_uid, {values}{x_groups}
   FROM m LEFT JOIN learner l ON l.id = m.lid AND m.same = 0
 )
-INSERT INTO pl (line, err, msg, uid, email, lic_on, fp{"".join(f", g{i}, d{i}" for i in groups)},
+INSERT INTO pl (line, err, msg, uid, email, lic_on, fp{"".join(f", g{i}, d{i}" for i in groups)}{pl_sources},
   lid, is_new, adopt, echg, cur_lic, cur_status, rel, act, chg, n_email, n_uid, n_first, n_last,
   n_title, n_status, n_lic, outcome, note, note_msg)
 SELECT x.line, x.err, x.msg, x.uid, x.email, x.lic_on, x.fp
-  {"".join(f", x.g{i}, x.d{i}" for i in groups)},
+  {"".join(f", x.g{i}, x.d{i}" for i in groups)}{x_sources},
   x.lid, x.is_new, x.adopt, x.echg, x.cur_lic, x.cur_status, x.rel, x.act, x.chg,
   x.n_email, x.n_uid, x.n_first, x.n_last, x.n_title,
   CASE WHEN x.act = 1 THEN 'invited' WHEN x.rel = 1 THEN 'deactivated'
@@ -325,6 +342,13 @@ FROM x"""
             "LEFT JOIN learner le ON le.tenant_id = :t AND le.email = s.email "
             "AND (lu.id IS NULL OR lu.email <> s.email)"
         )
+
+    @property
+    def _sources(self) -> range:
+        return range(len(self.req.sources))
+
+    def _source_params(self) -> dict[str, str]:
+        return {f"src{k}": key for k, key in enumerate(self.req.sources)}
 
     def _existing_group_ids(self) -> list[int | None]:
         ids = dict(self.sql.run("SELECT name_key, id FROM learner_group WHERE tenant_id = :t", self.p).all())
@@ -503,6 +527,25 @@ def _group_delta(i: int, gid: int | None) -> str:
     )
 
 
+def _source_exprs(k: int, count: int) -> str:
+    """For groups_from column k of a row that applies: o{k}, the group this column gave the
+    learner that they now leave (unless another such column of the row names it), and j{k}, 1 if
+    they join the group the cell names (it may not exist yet)."""
+    live = "m.err IS NULL AND m.taken = 0 AND m.same = 0"
+    named = ", ".join(f"COALESCE(m.k{j}, '')" for j in range(count))
+    leave = (
+        f"CASE WHEN {live} AND m.lid IS NOT NULL THEN (SELECT ms.group_id FROM membership ms "
+        "JOIN learner_group g ON g.id = ms.group_id "
+        f"WHERE ms.learner_id = m.lid AND ms.source = :src{k} AND g.name_key NOT IN ({named})) END"
+    )
+    member = (
+        "EXISTS (SELECT 1 FROM membership ms JOIN learner_group g ON g.id = ms.group_id "
+        f"WHERE ms.learner_id = m.lid AND g.tenant_id = :t AND g.name_key = m.k{k})"
+    )
+    join = f"CASE WHEN {live} AND m.k{k} IS NOT NULL AND (m.lid IS NULL OR NOT {member}) THEN 1 ELSE 0 END"
+    return f", m.s{k}, m.k{k}, {leave} AS o{k}, {join} AS j{k}"
+
+
 def _new_value(col: str, db_col: str) -> str:
     return f"CASE WHEN m.{col} IS NULL THEN l.{db_col} WHEN m.{col} = '' THEN NULL ELSE m.{col} END"
 
@@ -537,6 +580,7 @@ class Applier:
         self._insert_learners()
         self._grant_licences()
         self._apply_groups(group_ids, inactive)
+        self._apply_sources(inactive)
         if counts.get("unchanged", 0):
             self._refresh_fingerprints()
         if inactive is not None:
@@ -586,6 +630,7 @@ class Applier:
                 self.p,
             )
             self._audit_groups()
+        self._audit_sources()
         if self.creates:
             self.sql.run(
                 f"{insert} SELECT :job, s.lid, 'created', NULL, {created}, :now FROM {self.src} s "
@@ -613,6 +658,21 @@ class Applier:
                     f"WHERE s.outcome IN {_APPLIED} AND s.d{i} = {delta}",
                     name,
                 )
+
+    def _audit_sources(self) -> None:
+        insert = "INSERT INTO audit_event (job_id, learner_id, action, before, after, at) "
+        for k in range(len(self.req.sources)):
+            if self.touches_existing:
+                self.sql.run(
+                    f"{insert} SELECT :job, s.lid, 'group_removed', NULL, g.name, :now FROM {self.src} s "
+                    f"JOIN learner_group g ON g.id = s.o{k} WHERE s.outcome IN {_APPLIED}",
+                    self.p,
+                )
+            self.sql.run(
+                f"{insert} SELECT :job, s.lid, 'group_added', NULL, s.s{k}, :now FROM {self.src} s "
+                f"WHERE s.outcome IN {_CHANGING} AND s.j{k} = 1",
+                self.p,
+            )
 
     def _release_licences(self, full: bool) -> None:
         end = "UPDATE license_assignment SET ended_at = :now, ended_job_id = :job WHERE ended_at IS NULL "
@@ -696,6 +756,33 @@ class Applier:
                     f"(SELECT lid FROM {self.src} WHERE {eligible} AND d{i} = -1)",
                     params,
                 )
+
+    def _apply_sources(self, inactive: int | None) -> None:
+        """groups_from: leave the group the column gave before, join (creating it) the one it
+        names now. A membership the learner already has (from a flag) is left as it is."""
+        eligible = "s.outcome <> 'error'" + (
+            " AND s.outcome <> 'deactivated'" if inactive is not None else ""
+        )
+        for k, key in enumerate(self.req.sources):
+            params = {**self.p, "src": key}
+            self.sql.run(
+                "INSERT INTO learner_group (tenant_id, name, name_key, created_job_id) "
+                f"SELECT :t, MIN(s.s{k}), s.k{k}, :job FROM {self.src} s WHERE {eligible} AND s.j{k} = 1 "
+                f"GROUP BY s.k{k} ON CONFLICT (tenant_id, name_key) DO NOTHING",
+                params,
+            )
+            if self.touches_existing:
+                self.sql.run(
+                    "DELETE FROM membership WHERE source = :src AND learner_id IN "
+                    f"(SELECT s.lid FROM {self.src} s WHERE {eligible} AND s.o{k} IS NOT NULL)",
+                    params,
+                )
+            self.sql.run(
+                "INSERT INTO membership (group_id, learner_id, source) SELECT g.id, s.lid, :src "
+                f"FROM {self.src} s JOIN learner_group g ON g.tenant_id = :t AND g.name_key = s.k{k} "
+                f"WHERE {eligible} AND s.j{k} = 1 ON CONFLICT DO NOTHING",
+                params,
+            )
 
     def _move_to_inactive(self, inactive: int, full: bool) -> None:
         gone = f"SELECT lid FROM {self.src} WHERE outcome = 'deactivated'"

@@ -72,10 +72,15 @@ class LearnerGroup(SQLModel, table=True):
 
 
 class Membership(SQLModel, table=True):
+    """A learner in a group. ``source`` is the groups_from column that gave it (its key, see
+    TenantConfig.groups_from), so the learner moves when that column's value changes; None for
+    memberships from group/ flags and the inactive group."""
+
     __tablename__ = "membership"
     __table_args__ = (Index("ix_membership_learner", "learner_id"),)
     group_id: int = Field(primary_key=True)
     learner_id: int = Field(primary_key=True)
+    source: str | None = Field(default=None, max_length=255)
 
 
 RUNNING_ONLY = "status = 'running'"

@@ -77,13 +77,13 @@ def test_jobs_of_a_tenant_run_in_arrival_order(env: Env) -> None:
 
 
 def test_unsupported_file_type_gets_a_result_and_is_archived(env: Env) -> None:
-    drop(env, "roster.xlsx", "PK\x03\x04 not a csv")
+    drop(env, "roster.xls", "PK\x03\x04 not a csv")
     env.service.scan_inboxes()
     [result] = env.service.run_due()
     assert result.status == "failed"
     [line] = read_csv(env.dirs.results / f"roster.{result.job_id}.results.csv")
     assert (line["row"], line["outcome"], line["code"]) == ("0", "error", "unsupported_file_type")
-    assert (env.dirs.archive / f"roster.{result.job_id}.xlsx").exists()
+    assert (env.dirs.archive / f"roster.{result.job_id}.xls").exists()
 
 
 def test_duplicate_file_names_the_earlier_job(env: Env) -> None:

@@ -70,14 +70,29 @@ def test_names_that_are_not_temporary(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["day1.csv", "day1.CSV", "Day1.Csv", "day1.csv.gz", "day1.CSV.GZ", "full_x.csv"]
-)
+    "name",
+    [
+        "day1.csv", "day1.CSV", "Day1.Csv", "day1.csv.gz", "day1.CSV.GZ", "full_x.csv", "day1.xlsx",
+        "day1.csv.pgp", "day1.csv.gpg", "day1.CSV.ASC", "day1.csv.gz.pgp",
+    ],
+)  # fmt: skip
 def test_roster_names(name: str) -> None:
     assert is_roster_name(name)
 
 
 @pytest.mark.parametrize(
-    "name", ["day1.xlsx", "day1.gz", "day1.csv.zip", "day1.tsv", "day1.csv.part", "day1csv", "csv"]
+    "name",
+    [
+        "day1.xls",
+        "day1.gz",
+        "day1.csv.zip",
+        "day1.tsv",
+        "day1.csv.part",
+        "day1csv",
+        "csv",
+        "day1.pgp",
+        "x.xlsx.pgp",
+    ],
 )
 def test_names_that_are_not_rosters(name: str) -> None:
     assert not is_roster_name(name)
@@ -92,6 +107,8 @@ def test_names_that_are_not_rosters(name: str) -> None:
         ("x.csv.gz", "x", ".csv.gz"),
         ("my.roster.v2.csv", "my.roster.v2", ".csv"),
         ("report.XLSX", "report", ".xlsx"),
+        ("day1.csv.gz.pgp", "day1", ".csv.gz.pgp"),
+        ("day1.CSV.asc", "day1", ".csv.asc"),
         ("archive.tar.gz", "archive.tar", ".gz"),
         ("README", "README", ""),
         (".profile", ".profile", ""),
