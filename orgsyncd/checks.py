@@ -28,7 +28,26 @@ def check_tenants(settings: Settings) -> CheckReport:
     for name, cfg in sorted(settings.tenants.items()):
         _check_login(name, cfg, report)
         _check_dirs(settings, name, report)
+        _check_pgp(name, cfg, report)
     return report
+
+
+def _check_pgp(name: str, cfg: TenantConfig, report: CheckReport) -> None:
+    if cfg.pgp_private_key is None:
+        if cfg.require_encryption:
+            report.errors.append(
+                f"tenant {name}: require_encryption is set but pgp_private_key is not: no file could be read"
+            )
+        return
+    from orgsyncd.pgp import check_keys
+    from orgsyncd.sources import pgp_keys
+
+    problem = check_keys(pgp_keys(name, cfg))
+    if problem is not None:
+        report.errors.append(f"tenant {name}: {problem}")
+    else:
+        signer = " and pgp_signer_key" if cfg.pgp_signer_key else ""
+        report.notes.append(f"tenant {name}: pgp_private_key{signer} load into gpg")
 
 
 def _check_database(settings: Settings, report: CheckReport) -> None:

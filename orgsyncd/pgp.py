@@ -135,6 +135,16 @@ class Keyring:
             )
 
 
+def check_keys(keys: PgpKeys) -> str | None:
+    """Why this tenant's PGP keys would not work (None: they load), for ``tenants check``."""
+    try:
+        with Keyring(keys) as keyring:
+            keyring._gpg()
+    except FileRejected as exc:
+        return exc.message
+    return None
+
+
 class _Plaintext(io.RawIOBase):
     """gpg's output as a readable stream: python-gnupg pushes chunks from its reader thread into a
     bounded queue (which holds gpg back when full); ``readinto`` takes them off."""
@@ -236,6 +246,12 @@ def _why(result: Any, keys: PgpKeys) -> str:
     if status in ("", "no data was provided") and result.valid:
         return "the file is signed but not encrypted; encrypt it to this tenant's public key"
     detail = status or "gpg found no encrypted data"
+    locked = "ERROR pkdecrypt_failed" in (result.stderr or "")  # the key is there but stays locked
+    if locked and keys.passphrase_file is None:
+        return (
+            f"the file could not be decrypted ({detail}): pgp_private_key needs its passphrase; "
+            f"set pgp_passphrase_file in {keys.key}"
+        )
     return f"the file could not be decrypted ({detail}); it may be damaged or not a PGP file: send it again"
 
 

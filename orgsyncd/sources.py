@@ -5,7 +5,7 @@ column and value mapping. The jobrunner reads every file through one of these.""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +25,7 @@ class RosterSource(Protocol):
 
     delimiter: str | None  # the one used, once read (None for a workbook)
 
-    def records(self, progress: Progress | None = None) -> Iterator[Record]: ...
+    def records(self, progress: Progress | None = None) -> Generator[Record, None, None]: ...
 
     def echo_records(self) -> Iterator[EchoRecord]: ...
 
@@ -64,7 +64,7 @@ class CsvSource:
         self.decrypt = keyring.decrypt if keyring is not None else None
         self.delimiter: str | None = None
 
-    def records(self, progress: Progress | None = None) -> Iterator[Record]:
+    def records(self, progress: Progress | None = None) -> Generator[Record, None, None]:
         used: list[str] = []
         records = read_records(self.path, progress, decoding=self.decoding, decrypt=self.decrypt, used=used)
         for record in records:
@@ -85,7 +85,7 @@ class WorkbookSource:
         self.path = path
         self.copy_path = copy_path
 
-    def records(self, progress: Progress | None = None) -> Iterator[Record]:
+    def records(self, progress: Progress | None = None) -> Generator[Record, None, None]:
         if self.copy_path is None:
             yield from read_workbook(self.path, progress)
             return
@@ -105,8 +105,9 @@ class _Refused:
         self.delimiter: str | None = None
         self.error = error
 
-    def records(self, progress: Progress | None = None) -> Iterator[Record]:
+    def records(self, progress: Progress | None = None) -> Generator[Record, None, None]:
         raise self.error
+        yield  # a generator, like the other sources' (never reached)
 
     def echo_records(self) -> Iterator[EchoRecord]:
         raise self.error

@@ -274,7 +274,7 @@ def guess_encoding(sample: bytes) -> str | None:
     cp1250 and cp1252, and the file is far more likely to be the latter."""
     from charset_normalizer import from_bytes  # only ever needed for a broken file
 
-    best = from_bytes(sample, cp_isolation=list(_LIKELY_CODECS)).best()
+    best = from_bytes(sample, cp_isolation=["ascii", "utf_8", *_LIKELY_CODECS]).best()
     if best is None or best.encoding in ("utf_8", "ascii"):
         return None
     same = best.could_be_from_charset

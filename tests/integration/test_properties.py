@@ -139,3 +139,39 @@ def _record_start_lines(text: str) -> list[int]:
             starts.append(previous + 1)
         previous = reader.line_num
     return starts
+
+
+# Their names for our columns: anything an HRIS might print (no leading BOM; not one of our names).
+their_name = st.text(alphabet=st.sampled_from(list("abcdeXYZ é_-#/.:()")), min_size=1, max_size=14).filter(
+    lambda n: (
+        n.strip() and n.strip().lower() not in {*map(str.lower, HEADER), "row", "outcome", "code", "message"}
+    )
+)
+renamings = st.lists(
+    their_name, min_size=len(HEADER), max_size=len(HEADER), unique_by=lambda n: n.strip().lower()
+)
+
+
+@SETTINGS
+@given(rows=rosters, names=renamings, twice=st.booleans())
+def test_a_renamed_roster_with_its_columns_block_applies_what_the_original_applies(
+    fresh_env: object, rows: list[tuple[object, ...]], names: list[str], twice: bool
+) -> None:
+    ours, theirs = fresh_env(), fresh_env()  # type: ignore[operator]
+    theirs.reconfigure(columns=dict(zip(names, HEADER, strict=True)))
+    original = to_csv(rows)
+    renamed = _renamed(original, names)
+    runs = [(original, renamed), (original + "\n", renamed + "\n")] if twice else [(original, renamed)]
+    for mine, yours in runs:
+        a, b = ours.run(mine), theirs.run(yours)
+        assert [(r["row"], r["outcome"], r["code"]) for r in ours.results(a)] == [
+            (r["row"], r["outcome"], r["code"]) for r in theirs.results(b)
+        ]
+        assert a.counts == b.counts
+    assert ours.export() == theirs.export()
+
+
+def _renamed(text: str, names: list[str]) -> str:
+    """The same file with its header line replaced by ``names`` (the rows byte for byte)."""
+    header_end = text.index("\r\n") + 2
+    return roster(names, [], newline="\r\n") + text[header_end:]
