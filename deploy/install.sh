@@ -79,6 +79,18 @@ check_prerequisites() {
         die "$PYTHON is older than 3.11; set PYTHON=/path/to/python3.11"
 }
 
+# gpg decrypts tenants' PGP-encrypted rosters (python-gnupg drives it); a Debian package, not a wheel.
+install_packages() {
+    if command -v gpg >/dev/null; then
+        return 0
+    fi
+    if command -v apt-get >/dev/null; then
+        run apt-get install -y -q gnupg
+    else
+        printf 'warning: gpg not found and no apt-get: install GnuPG for PGP-encrypted rosters\n' >&2
+    fi
+}
+
 install_venv() {
     if [[ ! -x $PREFIX/bin/python ]]; then
         run "$PYTHON" -m venv "$PREFIX"
@@ -126,6 +138,7 @@ EOF
 main() {
     parse_args "$@"
     check_prerequisites
+    install_packages
     install_venv
     install_system_files
     install_config

@@ -383,6 +383,21 @@ def tenants_check(app: AppContext) -> None:
         _fail(f"{len(problems.errors)} problem(s) found", 1)
 
 
+@tenants.command("suggest-mapping")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--tenant", "-t", help="The tenant it is for (its default licence sets the status column).")
+@pass_app
+def tenants_suggest_mapping(app: AppContext, file: Path, tenant: str | None) -> None:
+    """Draft a tenant's columns/values/delimiter/encoding from a file the HRIS made (TOML to paste)."""
+    from orgsyncd.suggest import render, suggest
+
+    status = None
+    if tenant is not None:
+        cfg = app.settings.tenant(tenant)
+        status = f"{cfg.default_license}_status" if cfg.default_license else None
+    click.echo(render(suggest(file, tenant or "NAME", status)), nl=False)
+
+
 @main.command("serve")
 @pass_app
 def serve(app: AppContext) -> None:

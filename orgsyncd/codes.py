@@ -38,9 +38,13 @@ class Code:
 
 CODES: Final[dict[str, Code]] = {
     # -- the file as a whole (row 0 of the results file); errors mean nothing was applied --------
-    "unsupported_file_type": Code(FILE, "the file is not a .csv or .csv.gz roster"),
+    "unsupported_file_type": Code(FILE, "the file is not a .csv, .csv.gz, .xlsx or PGP-encrypted roster"),
     "empty_file": Code(FILE, "the file has no header line"),
-    "encoding_error": Code(FILE, "the file is not valid UTF-8"),
+    "encoding_error": Code(FILE, "the file does not decode in the tenant's encoding (UTF-8 unless set)"),
+    "encryption_required": Code(FILE, "the tenant requires PGP-encrypted files and this one is not"),
+    "decryption_failed": Code(FILE, "a PGP file could not be decrypted (no key, the wrong key, damaged)"),
+    "signature_invalid": Code(FILE, "a PGP file has no valid signature by the tenant's pgp_signer_key"),
+    "unreadable_workbook": Code(FILE, "an .xlsx file is not a workbook, is password-protected or damaged"),
     "malformed_csv": Code(FILE, "the file is not comma-separated CSV as RFC 4180 writes it"),
     "missing_required_column": Code(FILE, "the header has no primary_email_address column"),
     "duplicate_header": Code(FILE, "the same column appears twice in the header"),

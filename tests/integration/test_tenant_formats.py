@@ -292,3 +292,55 @@ def test_a_workbook_with_a_damaged_sheet_is_unreadable_and_applies_nothing(env: 
     summary = env.run_bytes(out.getvalue(), "cut.xlsx")
     assert env.summary_json(summary)["error"]["code"] == "unreadable_workbook"
     assert env.service.learners.count(env.service.jobs.tenant_id(env.tenant)) == 0
+
+
+# -- suggest-mapping -----------------------------------------------------------------------------
+
+
+def test_suggest_mapping_drafts_a_block_that_imports_the_file(env: Env, tmp_path: Path) -> None:
+    import tomllib
+
+    from orgsyncd.suggest import render, suggest
+
+    text = workday([ADA, BOB, ["1003", "Cy", "Sea", "cy@example.com", "Rep", "Sales", "Terminated"]])
+    source = tmp_path / "report.csv"
+    source.write_text(
+        text.replace("\r\n", ",4711\r\n").replace("Worker Status,4711", "Worker Status,Cost Center")
+    )
+    drafted = render(suggest(source, env.tenant, STATUS))
+    assert '# "Cost Center": not placed' in drafted
+    block = tomllib.loads(f"[tenants.{env.tenant}]\n" + drafted)["tenants"][env.tenant]
+    assert block["columns"]["Work Email"] == "primary_email_address"
+    assert block["groups_from"] == ["Supervisory Organization"]
+    assert block["values"][STATUS] == {"On Leave": "active", "Terminated": "inactive"}
+    env.reconfigure(**block, ignore_columns=["Cost Center"])
+    summary = env.service.import_file(env.tenant, source)
+    assert summary.status == "succeeded" and summary.counts["created"] == 3
+
+
+def test_suggest_mapping_names_delimiter_and_encoding_of_a_european_file(tmp_path: Path) -> None:
+    from orgsyncd.suggest import render, suggest
+
+    source = tmp_path / "mitarbeiter.csv"
+    source.write_bytes((EURO_HEADER + EURO_ROWS).encode("cp1252"))
+    drafted = render(suggest(source, "acme", None))
+    assert 'delimiter = ";"' in drafted and 'encoding = "cp1252"' in drafted
+    assert '"E-Mail" = "primary_email_address"' in drafted and '"Vorname" = "preferred_first_name"' in drafted
+
+
+def test_the_readme_workday_example_gives_the_readme_results(env: Env) -> None:
+    import re
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    example = repo / "examples" / "workday"
+    cfg = tomllib.loads((example / "orgsyncd.toml").read_text())["tenants"]["acme"]
+    env.tenant_cfg = {k: v for k, v in cfg.items() if k != "licenses"}
+    env.reconfigure()
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("results.csv          # their header and rows, echoed\n", 1)[1].split("\n$ ", 1)[0]
+    first = env.service.import_file(env.tenant, example / "day1.csv")
+    assert env.results_text(first).replace("\r\n", "\n").strip() == shown.strip()
+    env.service.import_file(env.tenant, example / "day2.csv")
+    exported = readme.split("export --tenant acme\n", 1)[1].split("\n```", 1)[0]
+    assert re.sub(r"\r\n", "\n", env.export()).strip() == exported.strip()
