@@ -71,6 +71,7 @@ class Env:
     def close(self) -> None:
         if self._service is not None:
             self._service.close()
+            self._service = None
 
     def write(self, text: str, name: str | None = None) -> Path:
         self._counter += 1

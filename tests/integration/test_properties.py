@@ -169,6 +169,8 @@ def test_a_renamed_roster_with_its_columns_block_applies_what_the_original_appli
         ]
         assert a.counts == b.counts
     assert ours.export() == theirs.export()
+    for env in (ours, theirs):  # two tenants per example: free their connections now
+        env.close()
 
 
 def _renamed(text: str, names: list[str]) -> str:
