@@ -121,6 +121,7 @@ def import_cmd(app: AppContext, file: Path, tenant: str, mode: str | None, dry_r
         else:
             bar.done()
     _print_summary(summary, app)
+    app.service.send_notifications()
     if summary.status in FAILED_STATUSES:
         _fail(_failure_sentence(summary), 1)
 
@@ -186,6 +187,7 @@ def run_now(app: AppContext, tenant: str | None, daily: bool) -> None:
         click.echo(f"job {result.job_id}  {result.tenant}  {result.file}  {result.status}")
     waiting = service.queue_depth()
     click.echo(f"{len(results)} job(s) processed; {waiting} still queued", err=True)
+    service.send_notifications()
     if any(r.status == "failed" for r in results):
         sys.exit(1)
 
@@ -251,6 +253,7 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
 def jobs_approve(app: AppContext, job_id: int) -> None:
     """Release a held job: it is queued again ahead of the tenant's other jobs."""
     job = app.service.approve(job_id, cli_actor())
+    app.service.send_notifications()
     click.echo(
         f"job {job.id} approved; it applies at the next run (or 'orgsyncd run-now --tenant {job.tenant}')"
     )
@@ -262,6 +265,7 @@ def jobs_approve(app: AppContext, job_id: int) -> None:
 def jobs_reject(app: AppContext, job_id: int) -> None:
     """Drop a held job; nothing of it is applied."""
     job = app.service.reject(job_id, cli_actor())
+    app.service.send_notifications()
     click.echo(f"job {job.id} rejected")
 
 

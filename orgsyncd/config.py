@@ -11,7 +11,7 @@ import re
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,7 +26,11 @@ DEMO_LICENSE = "default_license_learning_proalllanguages"
 
 _TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _LICENSE_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,120}$")
-_SECTIONS = ("daemon", "sftp", "metrics", "tenants")
+_SECTIONS = ("daemon", "sftp", "metrics", "notify", "tenants")
+NotifyEventName = Literal[
+    "failed", "held", "partially_succeeded", "approved", "rejected", "reverted", "silent"
+]
+NOTIFY_EVENTS: tuple[NotifyEventName, ...] = get_args(NotifyEventName)
 _ENV_PREFIX = "ORGSYNCD_"
 
 
@@ -104,6 +108,44 @@ class MetricsConfig(_Section):
     listen: str = "127.0.0.1:9464"
 
 
+def _check_webhook_url(value: str | None) -> str | None:
+    if value is not None and not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _check_notify_urls(value: list[str] | None) -> list[str] | None:
+    # Apprise itself checks them at start (it is slow to import); here only their shape, and
+    # without echoing a URL, which may carry a password.
+    for i, url in enumerate(value or ()):
+        if not re.match(r"^[a-z][a-z0-9+.-]*://", url):
+            raise ValueError(f"entry {i + 1} is not an Apprise URL (scheme://...)")
+    return value
+
+
+class NotifyConfig(_Section):
+    webhook_url: str | None = None
+    webhook_secret_file: Path | None = None
+    urls: list[str] = Field(default_factory=list)
+    events: list[NotifyEventName] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    silent_after_h: float | None = Field(default=None, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+    retry_base_s: float = Field(default=30.0, gt=0)
+    retry_max_s: float = Field(default=3600.0, gt=0)
+    max_attempts: int = Field(default=12, ge=1)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return _check_webhook_url(value)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        _check_notify_urls(value)
+        return value
+
+
 class TenantConfig(_Section):
     authorized_keys: Path | None = None
     password_hash: str | None = None
@@ -147,6 +189,21 @@ class TenantConfig(_Section):
             raise ValueError("pgp_passphrase_file is set but pgp_private_key is not")
         return self
 
+    # Notifications of this tenant's events: each, when set, replaces the [notify] value.
+    notify_urls: list[str] | None = None
+    webhook_url: str | None = None
+    silent_after_h: float | None = Field(default=None, gt=0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return _check_webhook_url(value)
+
+    @field_validator("notify_urls")
+    @classmethod
+    def _urls(cls, value: list[str] | None) -> list[str] | None:
+        return _check_notify_urls(value)
+
     @field_validator("licenses")
     @classmethod
     def _license_names(cls, value: dict[str, int]) -> dict[str, int]:
@@ -185,6 +242,7 @@ class Settings(BaseSettings):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     sftp: SftpConfig = Field(default_factory=SftpConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
     source: str = Field(default="built-in defaults", exclude=True)
 
@@ -198,6 +256,16 @@ class Settings(BaseSettings):
                     "(it is the SFTP login and a directory name)"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Settings:
+        hooked = [name for name, t in sorted(self.tenants.items()) if t.webhook_url]
+        if (self.notify.webhook_url or hooked) and self.notify.webhook_secret_file is None:
+            where = "notify.webhook_url" if self.notify.webhook_url else f"tenants.{hooked[0]}.webhook_url"
+            raise ValueError(
+                f"{where} is set but notify.webhook_secret_file is not; webhooks are always signed"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -6,10 +6,10 @@ scheduler's threads or a worker thread, database and disk calls go through ``asy
 The loop serves SFTP and sends the watchdog heartbeats, so a stalled loop is what systemd's
 watchdog catches.
 
-Start: database (migrations, crash recovery) -> demo key pair -> metrics -> inbox scan ->
+Start: database (migrations, crash recovery) -> notifier -> demo key pair -> metrics -> inbox scan ->
 inbox watcher -> catch-up run -> scheduler -> SFTP listener -> READY=1. Stop (SIGTERM, SIGINT):
 STOPPING=1 -> no new logins -> watcher -> scheduler and catch-up (a running job commits or rolls
-back) -> SFTP sessions -> metrics -> database, all within ``stop_timeout_s``; a second SIGTERM or
+back) -> notifier -> SFTP sessions -> metrics -> database, all within ``stop_timeout_s``; a second SIGTERM or
 SIGINT stops waiting, and the job in progress rolls back (it runs again at the next start).
 Reload (SIGHUP): tenants, keys, limits and crons change; open sessions carry on.
 """
@@ -190,6 +190,7 @@ class Daemon:
         settings = self.settings
         return [
             ("cannot open or migrate the database", lambda: asyncio.to_thread(self.service.migrate)),
+            ("cannot start the notifier", lambda: asyncio.to_thread(self.service.notifier.start)),
             ("cannot create the demo key pair", lambda: asyncio.to_thread(ensure_demo_keys, settings)),
             (f"cannot serve metrics on {settings.metrics.listen}", self._start_metrics),
             # Files that arrived while we were down, queued before the watcher starts: its own
@@ -327,6 +328,9 @@ class Daemon:
             # stops only these two waits, the clean-up after them still runs.
             ("scheduled_run", lambda: asyncio.to_thread(self.scheduler.shutdown, True), self._force),
             ("catch_up_run", self._wait_catch_up, self._force),
+            # After the runs: their last outcomes' events are in the outbox; what is not sent yet
+            # (or was in flight, its lease then runs out) is sent after the next start.
+            ("notifier", lambda: asyncio.to_thread(self.service.notifier.stop), deadline_only),
             ("sftp_sessions", self.sftp.close, deadline_only),
             ("metrics", self._stop_metrics, deadline_only),
             ("database", lambda: asyncio.to_thread(self.service.close), deadline_only),

@@ -101,6 +101,12 @@ def result_paths(dirs: TenantDirs, name: str, job_id: int) -> tuple[Path, Path]:
     )
 
 
+def tree_paths(name: str, job_id: int) -> tuple[str, str]:
+    """The results file and the report of a job as the tenant sees them over SFTP."""
+    stem, _ = roster_stem_and_suffix(name)
+    return f"/results/{stem}.{job_id}.results.csv", f"/results/{stem}.{job_id}.report.html"
+
+
 def report_path(dirs: TenantDirs, name: str, job_id: int) -> Path:
     stem, _ = roster_stem_and_suffix(name)
     return dirs.results / f"{stem}.{job_id}.report.html"

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -24,6 +24,7 @@ from orgsyncd.core.header import EMAIL, FIRST, LAST, TITLE, UID
 from orgsyncd.core.results import Summary, escape
 from orgsyncd.errors import OrgsyncError, UsageError
 from orgsyncd.jobrunner import JobRunner, Progress
+from orgsyncd.notify.dispatcher import Notifier
 from orgsyncd.paths import (
     TenantDirs,
     is_temporary_name,
@@ -81,6 +82,7 @@ class Service:
         self.jobs = JobStore(self.engine)
         self.learners = LearnerStore(self.engine)
         self.runner = JobRunner(settings, self.engine, self.jobs, self.actor)
+        self.notifier = Notifier(settings, self.engine, self.jobs, self.instance)
         self.on_job_finished: Callable[[str, str, dict[str, int], float], None] | None = None
         self.stop_requested = threading.Event()
 
@@ -97,6 +99,7 @@ class Service:
     def reload(self, settings: Settings) -> None:
         self.settings = settings
         self.runner.settings = settings
+        self.notifier.reload(settings)
         for name in settings.tenants:
             self.dirs(name).create()
             self.jobs.tenant_id(name)
@@ -110,6 +113,15 @@ class Service:
                 log.info("job_finalized_after_restart", job_id=job.id, tenant=job.tenant)
         for name in self.settings.tenants:
             self._register_orphans(name)
+
+    def send_notifications(self) -> int:
+        """Send what the outbox has due, once, now: a command run without the daemon should not
+        leave its events waiting for one. A failure is retried later (by the daemon, if any)."""
+        try:
+            return self.notifier.round()
+        except Exception:
+            log.warning("notify_round_failed", exc_info=True)
+            return 0
 
     def close(self) -> None:
         self.engine.dispose()
@@ -225,6 +237,7 @@ class Service:
         except Exception as exc:
             self._attempt_failed(job, exc)
             return None
+        self.notifier.wake()  # the outcome may have written an event
         if summary is not None and self.on_job_finished is not None:
             self.on_job_finished(job.tenant, summary.status, summary.counts, time.monotonic() - clock)
         return summary
@@ -411,6 +424,8 @@ class Service:
             except Exception:
                 log.exception("export_failed", tenant=name)
             self.prune(name)
+        cutoff = utcnow() - timedelta(days=self.settings.daemon.retention_days)
+        self.notifier.outbox.prune(cutoff)
 
     def prune(self, tenant: str, now: float | None = None) -> int:
         cutoff = (now or time.time()) - self.settings.daemon.retention_days * 86400

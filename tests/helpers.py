@@ -47,6 +47,7 @@ class Env:
     db_url: str
     tenant: str = "acme"
     tenant_cfg: dict[str, Any] = field(default_factory=dict)
+    notify_cfg: dict[str, Any] = field(default_factory=dict)
     _service: Service | None = None
     _counter: int = 0
 
@@ -55,6 +56,7 @@ class Env:
         return Settings(
             daemon={"data_dir": self.root / "data", "database_url": self.db_url},
             tenants={self.tenant: cfg},
+            notify=self.notify_cfg,
         )
 
     @property

@@ -91,11 +91,16 @@ def is_sqlite(engine: Engine | Connection) -> bool:
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
+def write_transaction(engine: Engine, *, busy_ms: int | None = None) -> Iterator[Connection]:
     """A transaction that will write: on SQLite it takes the write lock up front (BEGIN IMMEDIATE)
-    so it never fails half-way on a lock upgrade."""
+    so it never fails half-way on a lock upgrade. *busy_ms*: on SQLite, wait at most this long
+    for the lock (instead of the engine's long default) before failing with OperationalError."""
     conn = engine.connect().execution_options(sqlite_immediate=True)
     try:
+        if busy_ms is not None and is_sqlite(conn):
+            # On the raw connection: through SQLAlchemy it would begin (and wait) first. SQLite
+            # connections are not pooled (NullPool), so the setting ends with this one.
+            conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={int(busy_ms)}")  # type: ignore[union-attr]
         with conn.begin():
             yield conn
     finally:

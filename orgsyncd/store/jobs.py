@@ -29,6 +29,7 @@ from sqlmodel import Session, col, select
 
 from orgsyncd.errors import LeaseLost, NotFoundError, OrgsyncError, UsageError
 from orgsyncd.store.db import write_transaction
+from orgsyncd.store.outbox import record_job_event
 from orgsyncd.store.tables import Job, JobEvent, Tenant
 
 QUEUED = "queued"
@@ -155,6 +156,7 @@ def record_change(conn: Connection, change: StateChange) -> None:
             at=change.at,
         )
     )
+    record_job_event(conn, change)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -203,3 +203,55 @@ class AuditEvent(SQLModel, table=True):
     before: str | None = Field(default=None, sa_column=Column(Text))
     after: str | None = Field(default=None, sa_column=Column(Text))
     at: datetime = Field(sa_column_kwargs={"server_default": text("CURRENT_TIMESTAMP")})
+
+
+class NotifyEvent(SQLModel, table=True):
+    """The outbox: one row per notifiable event, written in the transaction of the state change
+    (or, for ``silent``, of the check that found the silence). ``payload`` is the event as sent
+    (JSON), fixed at that moment. ``status``: ``new`` until one instance has turned it into
+    deliveries for the destinations configured then (``expanded``), or found none (``skipped``)."""
+
+    __tablename__ = "notify_event"
+    __table_args__ = (Index("ix_notify_event_new", "id", sqlite_where=text("status = 'new'"),
+                            postgresql_where=text("status = 'new'")),)  # fmt: skip
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=36)
+    event: str = Field(max_length=32)
+    tenant_id: int
+    job_id: int | None = None
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(max_length=16)
+    created_at: datetime
+
+
+class NotifyDelivery(SQLModel, table=True):
+    """One event to one destination (``webhook``, or ``url:<hash>`` for an Apprise URL, so no
+    credential is stored here). The retry schedule lives in ``next_at``/``attempts``, so it
+    survives a restart; ``claimed_by``/``claim_until`` is the lease of the instance sending it."""
+
+    __tablename__ = "notify_delivery"
+    __table_args__ = (
+        UniqueConstraint("notify_event_id", "destination", name="uq_notify_delivery"),
+        Index("ix_notify_delivery_due", "next_at", sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
+    )  # fmt: skip
+    id: int | None = Field(default=None, primary_key=True)
+    notify_event_id: int
+    destination: str = Field(max_length=64)
+    status: str = Field(max_length=16)  # pending, sent, dead (gave up), dropped (unconfigured)
+    attempts: int = 0
+    next_at: datetime
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claim_until: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    sent_at: datetime | None = None
+
+
+class TenantSilence(SQLModel, table=True):
+    """The "silent" alert's memory: since when a tenant is watched (for one that never sent a
+    file), and the last arrival it was already alerted about, so it alerts once per silence."""
+
+    __tablename__ = "tenant_silence"
+    tenant_id: int = Field(primary_key=True)
+    watching_since: datetime
+    alerted_for: datetime | None = None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from orgsyncd.config import DaemonConfig, MetricsConfig, SftpConfig, TenantConfig, load_settings
+from orgsyncd.config import DaemonConfig, MetricsConfig, NotifyConfig, SftpConfig, TenantConfig, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "orgsyncd.example.toml"
 
@@ -22,6 +22,6 @@ def test_example_config_loads() -> None:
 def test_example_config_mentions_every_key() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     keys = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.MULTILINE))
-    models: list[type[BaseModel]] = [DaemonConfig, SftpConfig, MetricsConfig, TenantConfig]
+    models: list[type[BaseModel]] = [DaemonConfig, SftpConfig, MetricsConfig, NotifyConfig, TenantConfig]
     missing = {name for model in models for name in model.model_fields if name not in keys}
     assert missing == set()
