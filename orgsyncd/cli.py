@@ -224,6 +224,8 @@ def jobs_show(app: AppContext, job_id: int) -> None:
     job = store.get(job_id)
     data = _job_json(job)
     data["files"] = app.service.job_files(job)
+    if job.status in ("queued", "running"):
+        data["progress"] = app.service.job_progress(job)
     data["events"] = [
         {
             "at": iso(event.at),

@@ -73,6 +73,7 @@ CODES: Final[dict[str, Code]] = {
     "internal_error": Code(JOB, "the job crashed three times (not a problem of the file); it is failed"),
     "approved": Code(JOB, "event: an operator released the held job; it applies at the next run"),
     "retried": Code(JOB, "event: an operator queued the failed job again"),
+    "tenant_silent": Code(JOB, "notification: a tenant sent no file for silent_after_h hours"),
 }
 
 # Codes of errors that reach people only as one sentence on stderr (the CLI, a failed start-up),

@@ -44,7 +44,7 @@ log = structlog.get_logger("orgsyncd.daemon")
 
 # Below TimeoutStopSec=60 in orgsyncd.service: we finish (or give up on a job) before SIGKILL.
 STOP_TIMEOUT_S = 50.0
-STATUS_INTERVAL_S = 10.0
+STATUS_INTERVAL_S = 5.0
 # What config.load_settings names its source when no config file was found.
 BUILT_IN_SOURCE = "built-in defaults"
 DEMO_TENANT = "demo"
@@ -245,11 +245,11 @@ class Daemon:
     async def _report_status(self) -> None:
         while True:
             try:
-                depth = await asyncio.to_thread(self.service.queue_depth)
+                text = await asyncio.to_thread(self.service.status_text)
             except Exception:
                 log.warning("status_unavailable", exc_info=True)
             else:
-                sdnotify.status(f"{depth} job(s) queued; {self.sftp.session_count} SFTP session(s)")
+                sdnotify.status(f"{text}; {self.sftp.session_count} SFTP session(s)")
             await asyncio.sleep(STATUS_INTERVAL_S)
 
     def _status_text(self) -> str:

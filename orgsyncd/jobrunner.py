@@ -32,6 +32,7 @@ from orgsyncd.core.results import ResultsWriter, Summary, empty_counts, summary_
 from orgsyncd.core.rows import RowRules, RowValidator, roster_rows
 from orgsyncd.core.workbook import is_workbook_name
 from orgsyncd.errors import FileRejected
+from orgsyncd.jobprogress import JobProgress, progress_path
 from orgsyncd.paths import (
     TenantDirs,
     archive_path,
@@ -88,6 +89,7 @@ class _Run:
     mode: str
     started: datetime
     source: Path
+    tracker: JobProgress
 
 
 def _request(
@@ -113,6 +115,7 @@ class JobRunner:
         self.settings = settings
         self.engine = engine
         self.jobs = jobs
+        self.running: dict[int, JobProgress] = {}  # jobs this process runs now, for its status line
         self.actor = actor  # who the job_event rows of this runner's outcomes name
 
     # -- public -----------------------------------------------------------------------------
@@ -131,14 +134,28 @@ class JobRunner:
             mode=mode or mode_from_name(job.file_name) or tenant.sync_mode,
             started=utcnow(),
             source=self.input_path(job),
+            tracker=JobProgress(
+                job_id=job.id,
+                tenant=job.tenant,
+                file=job.file_name,
+                size=job.size,
+                path=progress_path(dirs.spool, job.id),
+            ),
         )
-        with structlog.contextvars.bound_contextvars(tenant=job.tenant, job_id=job.id, file=job.file_name):
-            if not is_roster_name(job.file_name):
-                return self._file_failed(run, self._unsupported(job))
-            earlier = self.jobs.earlier_applied(job.tenant_id, job.sha256, job.id)
-            if earlier is not None:
-                return self._duplicate(run, earlier)
-            return self._import(run, progress)
+        self.running[job.id] = run.tracker
+        try:
+            with structlog.contextvars.bound_contextvars(
+                tenant=job.tenant, job_id=job.id, file=job.file_name
+            ):
+                if not is_roster_name(job.file_name):
+                    return self._file_failed(run, self._unsupported(job))
+                earlier = self.jobs.earlier_applied(job.tenant_id, job.sha256, job.id)
+                if earlier is not None:
+                    return self._duplicate(run, earlier)
+                return self._import(run, progress)
+        finally:
+            self.running.pop(job.id, None)
+            run.tracker.finished()
 
     def dry_run(
         self, tenant_name: str, source: Path, *, mode: str, progress: Progress | None = None
@@ -190,8 +207,15 @@ class JobRunner:
             if not self._lock_tenant(conn, run.job.tenant_id):
                 return None
             import_cache(conn)
+            run.tracker.phase_started("staging")
+
+            def staging_progress(done: int) -> None:
+                run.tracker.bytes_read(done)
+                if progress is not None:
+                    progress(done)
+
             try:
-                outcome = self._stage_plan_apply(conn, run, progress)
+                outcome = self._stage_plan_apply(conn, run, staging_progress)
             finally:
                 self._unlock_tenant(conn, run.job.tenant_id)
         if isinstance(outcome, FileRejected):
@@ -225,6 +249,7 @@ class JobRunner:
             with conn.begin():
                 if not self.jobs.is_queued(conn, job.id):
                     return None  # another process applied it while we were staging
+                run.tracker.phase_started("planning", staged.rows)
                 plan = Planner(conn, request).plan()
                 faults.checkpoint("after_plan")
                 summary = self._summary(run)
@@ -233,9 +258,11 @@ class JobRunner:
                 before = seats_in_use(conn, job.tenant_id)
                 after = before
                 if plan.held_reason is None:
+                    run.tracker.phase_started("applying")
                     Applier(conn, request).apply(plan.counts)
                     after = seats_in_use(conn, job.tenant_id)
                 faults.checkpoint("after_apply")
+                run.tracker.phase_started("writing_results", staged.rows)
                 self._write_results(run, summary, staged, conn, plan.default_outcome)
                 issues = [*_file_issue_groups(staged.layout.warnings), *plan_issues(conn)]
                 self._write_report(run, summary, _seat_rows(run.tenant, before, after), issues, plan)
@@ -351,11 +378,12 @@ class JobRunner:
             if layout.row >= 0 or writer.drop:  # a results file uploaded again
                 records = staged.source.records()
                 next(records)  # the header
-                written = writer.rows(result_lines(conn, default), roster_rows(records, layout), default)
+                rows = run.tracker.counted(roster_rows(records, layout))
+                written = writer.rows(result_lines(conn, default), rows, default)
             else:
                 echoes = staged.source.echo_records()
                 next(echoes)  # the header
-                written = writer.echo_rows(result_lines(conn, default), echoes, default)
+                written = writer.echo_rows(result_lines(conn, default), run.tracker.counted(echoes), default)
         if written != staged.rows:  # the second read must see the rows the first one staged
             raise RuntimeError(
                 f"results out of step with input: {written} rows written, {staged.rows} staged"
@@ -420,6 +448,9 @@ class JobRunner:
             mode=job.mode or "delta",
             started=job.started_at or utcnow(),
             source=self.input_path(job),
+            tracker=JobProgress(
+                job_id=job.id, tenant=job.tenant, file=job.file_name, size=job.size, path=None
+            ),
         )
         summary = self._summary(run)
         summary.status, summary.finished_at = status, utcnow()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -23,6 +23,7 @@ from orgsyncd.config import Settings
 from orgsyncd.core.header import EMAIL, FIRST, LAST, TITLE, UID
 from orgsyncd.core.results import Summary, escape
 from orgsyncd.errors import OrgsyncError, UsageError
+from orgsyncd.jobprogress import progress_path, read_progress, status_line
 from orgsyncd.jobrunner import JobRunner, Progress
 from orgsyncd.notify.dispatcher import Notifier
 from orgsyncd.paths import (
@@ -113,6 +114,16 @@ class Service:
                 log.info("job_finalized_after_restart", job_id=job.id, tenant=job.tenant)
         for name in self.settings.tenants:
             self._register_orphans(name)
+
+    def job_progress(self, job: JobRecord) -> dict[str, Any] | None:
+        """How far a running job is (written by whichever process runs it), or None."""
+        return read_progress(progress_path(self.dirs(job.tenant).spool, job.id))
+
+    def status_text(self) -> str:
+        """The daemon's one-line status: the jobs it runs now and how far, then the queue."""
+        running = [status_line(p.snapshot()) for p in list(self.runner.running.values())]
+        queued = f"{self.queue_depth()} job(s) queued"
+        return "; ".join([*running, queued])
 
     def send_notifications(self) -> int:
         """Send what the outbox has due, once, now: a command run without the daemon should not

@@ -15,8 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from orgsyncd.errors import ConfigError
 from orgsyncd.notify.messages import SIGNATURE_HEADER, human_message, signature, webhook_body
 
@@ -30,6 +28,8 @@ class SendFailed(Exception):
 
 
 def post_webhook(url: str, payload: Mapping[str, Any], secret_file: Path, timeout_s: float) -> None:
+    import requests  # a tenth of a second at start-up; only a process that sends pays for it
+
     try:
         secret = secret_file.read_bytes().strip()
     except OSError as exc:

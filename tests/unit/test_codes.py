@@ -50,6 +50,7 @@ _PASS_THROUGH = {
     ("cli.py", "jobs_show"),  # {"code": event.code} of a stored job event
     ("core/report.py", "issue_groups_from_rows"),  # IssueGroup(code=...) of stored result lines
     ("jobrunner.py", "_file_issue_groups"),  # IssueGroup(code=issue.code) of an Issue
+    ("store/outbox.py", "record_job_event"),  # {"code": job.error_code or change.code} into the event
 }
 _HEADING = re.compile(r"^###\s+`([a-z][a-z0-9_]*)`\s*$", re.MULTILINE)
 
