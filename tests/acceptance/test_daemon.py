@@ -197,7 +197,11 @@ def test_sigterm_exits_0_after_stopping_and_sd_notify_sees_the_lifecycle(
     daemon = serve(daemons, site)
     notify = daemon.notify
     notify.wait_for("WATCHDOG=1", after=notify.wait_for("WATCHDOG=1") + 1)  # a heartbeat, repeated
-    assert any(line.startswith("STATUS=") and "job(s) queued" in line for line in notify.lines())
+    # The status loop's first line comes right after READY=1, from a worker thread: wait for it.
+    wait_until(
+        lambda: any(line.startswith("STATUS=") and "job(s) queued" in line for line in notify.lines()),
+        "a STATUS= line with the queue",
+    )
 
     with paramiko_sftp(site.sftp_port, "acme", keys) as session, session.open("/inbox/half.csv", "w") as half:
         half.write(b"primary_email_address\n")
