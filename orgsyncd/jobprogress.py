@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 WRITE_EVERY_S = 2.0
 STALE_AFTER_S = 60.0
-EVERY_ROWS = 1 << 14  # the reader calls back every this many lines
+EVERY_ROWS = 1 << 14  # rows between two reports while the results are written
 PHASES = ("staging", "planning", "applying", "writing_results")
 T = TypeVar("T")
 
@@ -54,12 +54,10 @@ class JobProgress:
         self._write(force=True)
 
     def bytes_read(self, done: int) -> None:
-        """The reader's callback while staging: bytes of the file read so far."""
+        """The reader's callback while staging: how much of the file (as stored) was read. The
+        rows are counted only once staged, so staging reports bytes."""
         with self._lock:
             self.bytes_done = done
-            self.rows_done += EVERY_ROWS
-            if done and self.size:
-                self.rows_total = max(self.rows_done, round(self.rows_done * self.size / done))
         self._write()
 
     def rows(self, done: int) -> None:
@@ -86,14 +84,15 @@ class JobProgress:
         with self._lock:
             elapsed = time.monotonic() - self._phase_clock
             eta = _eta(self.phase, self.rows_done, self.rows_total, self.bytes_done, self.size, elapsed)
+            staging = self.phase == "staging"
             return {
                 "job_id": self.job_id,
                 "tenant": self.tenant,
                 "file": self.file,
                 "phase": self.phase,
-                "rows_done": self.rows_done
-                if self.phase != "planning" and self.phase != "applying"
-                else None,
+                "bytes_done": self.bytes_done if staging else None,
+                "bytes_total": self.size if staging else None,
+                "rows_done": self.rows_done if self.phase == "writing_results" else None,
                 "rows_total": self.rows_total,
                 "eta_s": eta,
                 "updated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -139,7 +138,9 @@ def status_line(snapshot: dict[str, Any]) -> str:
     """One phrase for systemd's status: which tenant, which file, how far."""
     words = f"{snapshot['tenant']}: {snapshot['phase'].replace('_', ' ')} {snapshot['file']}"
     done, total = snapshot.get("rows_done"), snapshot.get("rows_total")
-    if total:
+    if snapshot.get("bytes_total"):
+        words += f", {snapshot['bytes_done'] / 1e6:,.1f} of {snapshot['bytes_total'] / 1e6:,.1f} MB read"
+    elif total:
         words += f", {done:,} of {total:,} rows" if done is not None else f", {total:,} rows"
     if snapshot.get("eta_s") is not None:
         words += f", ~{snapshot['eta_s']:.0f} s left"

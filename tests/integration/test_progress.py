@@ -11,7 +11,7 @@ from orgsyncd import jobprogress as progress_module
 from orgsyncd.jobprogress import JobProgress, read_progress, status_line
 from tests.helpers import LIC, Env, roster
 
-ROWS = 20_000  # more than one of the reader's progress steps (16,384 lines)
+ROWS = 20_000  # more than one progress step (16,384 lines) of the reader and the results
 
 
 def test_a_job_reports_its_phases_rows_and_eta(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,10 +36,10 @@ def test_a_job_reports_its_phases_rows_and_eta(env: Env, monkeypatch: pytest.Mon
     assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
         "staging", "planning", "applying", "writing_results"
     ]  # fmt: skip
-    staging = [s for s in seen if s["phase"] == "staging" and s["rows_done"]]
+    staging = [s for s in seen if s["phase"] == "staging" and s["bytes_done"]]
     assert staging and all(s["eta_s"] is not None for s in staging)
-    # the total is estimated from the bytes read, then known exactly
-    assert abs(staging[-1]["rows_total"] - ROWS) < ROWS * 0.1
+    assert staging[-1]["bytes_done"] == staging[-1]["bytes_total"] == len(text.encode())
+    assert [s["rows_total"] for s in seen if s["phase"] == "planning"] == [ROWS]
     writing = [s for s in seen if s["phase"] == "writing_results"]
     assert writing[-1]["rows_done"] == ROWS and writing[-1]["rows_total"] == ROWS
     assert [s["rows_done"] for s in writing] == sorted(s["rows_done"] for s in writing)

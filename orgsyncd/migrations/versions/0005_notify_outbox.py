@@ -1,7 +1,7 @@
 """notification outbox: notify_event, notify_delivery, tenant_silence
 
 Revision ID: notify_outbox
-Revises: bulk_table_fks
+Revises: membership_source
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "notify_outbox"
-down_revision: str | None = "bulk_table_fks"
+down_revision: str | None = "membership_source"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
