@@ -80,8 +80,9 @@ def record_job_event(conn: Connection, change: StateChange) -> None:
         "file": file_name,
         "status": status,
         "counts": json.loads(counts) if counts else None,
-        "code": code or change.code,
-        "message": message or change.message,
+        # The change's own reason first: a rejected job still carries the code that held it.
+        "code": change.code or code,
+        "message": change.message or message,
         "results": results,
         "report": report,
         "actor": change.actor,

@@ -111,7 +111,8 @@ def test_rejected_is_an_event(env: Env, hook: WebhookReceiver) -> None:
     env.service.reject(job_id, "cli:test")
     env.service.send_notifications()
     assert [b["event"] for b in hook.delivered()] == ["held", "rejected"]
-    assert hook.delivered()[1]["actor"] == "cli:test"
+    rejected = hook.delivered()[1]
+    assert (rejected["actor"], rejected["code"], rejected["status"]) == ("cli:test", "rejected", "rejected")
 
 
 def test_a_rolled_back_job_writes_no_event(
