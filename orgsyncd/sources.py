@@ -67,10 +67,12 @@ class CsvSource:
     def records(self, progress: Progress | None = None) -> Generator[Record, None, None]:
         used: list[str] = []
         records = read_records(self.path, progress, decoding=self.decoding, decrypt=self.decrypt, used=used)
-        for record in records:
-            if self.delimiter is None and used:
-                self.delimiter = used[0]
-            yield record
+        first = next(records, None)
+        if used:
+            self.delimiter = used[0]
+        if first is not None:
+            yield first
+            yield from records  # delegated in C: no Python step per record
 
     def echo_records(self) -> Iterator[EchoRecord]:
         decoding = replace(self.decoding, delimiter=self.delimiter or self.decoding.delimiter)
