@@ -96,6 +96,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
 
 
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """Decryption happens before the database sees a row: one backend is enough here."""
+    return f"sqlite:///{tmp_path / 'orgsyncd.db'}"
+
+
 def configure(env: Env, keys: Keys, *, signed: bool = True, **extra: Any) -> None:
     cfg: dict[str, Any] = {"pgp_private_key": str(keys.tenant.secret), **extra}
     if signed:

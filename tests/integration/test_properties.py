@@ -152,6 +152,7 @@ renamings = st.lists(
 )
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # renaming happens before the database
 @SETTINGS
 @given(rows=rosters, names=renamings, twice=st.booleans())
 def test_a_renamed_roster_with_its_columns_block_applies_what_the_original_applies(

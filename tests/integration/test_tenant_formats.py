@@ -14,6 +14,9 @@ import pytest
 from tests.helpers import LIC, Env, roster
 
 STATUS = f"{LIC}_status"
+# Reading (delimiters, encodings, workbooks) happens before the database sees a row: one backend
+# is enough for those tests; the mapping and groups_from ones run on both.
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 WORKDAY_HEADER = [
     "Employee ID", "Legal First Name", "Legal Last Name", "Work Email", "Business Title",
     "Supervisory Organization", "Worker Status",
@@ -105,6 +108,7 @@ def test_a_mapping_that_makes_two_columns_one_is_duplicate_header(env: Env) -> N
     assert env.summary_json(ours_too)["error"]["code"] == "duplicate_header"
 
 
+@SQLITE_ONLY
 def test_missing_email_column_names_the_columns_key(env: Env) -> None:
     env.reconfigure(columns={"Employee ID": "unique_user_id"})
     summary = env.run(roster(["Employee ID", "Email Address"], [["1", "a@example.com"]]))
@@ -113,6 +117,7 @@ def test_missing_email_column_names_the_columns_key(env: Env) -> None:
     assert f"[tenants.{env.tenant}.columns]" in error["message"]
 
 
+@SQLITE_ONLY
 def test_ignore_columns_silences_known_extras(env: Env) -> None:
     env.reconfigure(columns={"Email": "primary_email_address"}, ignore_columns=["Cost Center"])
     summary = env.run(roster(["Email", "Cost Center", "Shoe Size"], [["a@example.com", "4711", "9"]]))
@@ -138,6 +143,31 @@ def test_group_flag_values_and_text_values_are_translated(env: Env) -> None:
     assert "'Y', 'N'" in message and "group/mentors" in message
 
 
+def test_a_bamboohr_export_imports(env: Env) -> None:
+    env.reconfigure(
+        columns={
+            "Employee #": "unique_user_id", "First Name": "preferred_first_name", "Last Name": "preferred_last_name",
+            "Work Email": "primary_email_address", "Job Title": "work_title", "Status": STATUS,
+        },
+        values={STATUS: {"Active": "active", "Inactive": "inactive"}},
+        groups_from=["Department", "Division"],
+        ignore_columns=["Hire Date", "Supervisor"],
+    )  # fmt: skip
+    header = ["Employee #", "First Name", "Last Name", "Work Email", "Job Title", "Department", "Division",
+              "Hire Date", "Supervisor", "Status"]  # fmt: skip
+    rows = [
+        ["4", "Charlotte", "Abbott", "cabbott@example.com", "Sr. HR Administrator", "Human Resources",
+         "North America", "2019-02-14", "Jennifer Caldwell", "Active"],
+        ["9", "Ashley", "Adams", "aadams@example.com", "HR Administrator", "Human Resources", "Europe",
+         "2021-07-01", "Charlotte Abbott", "Inactive"],
+    ]  # fmt: skip
+    summary = env.run(roster(header, rows, newline="\r\n"), name="bamboohr.csv")
+    assert summary.status == "succeeded" and summary.counts["warning"] == 0, env.results_text(summary)
+    charlotte = env.learner("cabbott@example.com")
+    assert (charlotte.uid, charlotte.groups) == ("4", ["Human Resources", "North America"])
+    assert env.learner("aadams@example.com").status == "unassigned"  # arrived inactive
+
+
 # -- delimiters and encodings -------------------------------------------------------------------
 
 EURO_HEADER = "Personalnummer;Vorname;Nachname;E-Mail;Status\r\n"
@@ -161,6 +191,7 @@ EURO: dict[str, Any] = {
     ],
     ids=["cp1252", "utf-8-bom"],
 )
+@SQLITE_ONLY
 def test_a_european_excel_semicolon_file_imports(env: Env, data: bytes) -> None:
     env.reconfigure(**EURO)
     summary = env.run_bytes(data, "mitarbeiter.csv")
@@ -172,6 +203,7 @@ def test_a_european_excel_semicolon_file_imports(env: Env, data: bytes) -> None:
     assert lines[1] == "2,created,,,7,José,Müller,jose@example.com,aktiv"  # their row, comma-separated
 
 
+@SQLITE_ONLY
 def test_a_successfactors_pipe_file_imports_and_auto_says_which_delimiter(env: Env) -> None:
     env.reconfigure(
         delimiter="auto",
@@ -198,6 +230,7 @@ def test_a_successfactors_pipe_file_imports_and_auto_says_which_delimiter(env: E
     assert (row["USERID"], row["TITLE"]) == ("u1", 'Lead, "Ops"')
 
 
+@SQLITE_ONLY
 def test_a_semicolon_file_for_a_comma_tenant_names_the_delimiter_key(env: Env) -> None:
     summary = env.run("primary_email_address;preferred_first_name\na@example.com;A\n")
     error = env.summary_json(summary)["error"]
@@ -205,6 +238,7 @@ def test_a_semicolon_file_for_a_comma_tenant_names_the_delimiter_key(env: Env) -
     assert 'delimiter = ";"' in error["message"] and f"[tenants.{env.tenant}]" in error["message"]
 
 
+@SQLITE_ONLY
 def test_a_cp1252_file_for_a_utf8_tenant_names_the_likely_encoding_and_the_key(env: Env) -> None:
     text = "primary_email_address,preferred_first_name\na@example.com,Renée Müller-Lüdenscheid\n"
     summary = env.run_bytes(text.encode("cp1252"), "legacy.csv")
@@ -214,6 +248,7 @@ def test_a_cp1252_file_for_a_utf8_tenant_names_the_likely_encoding_and_the_key(e
     assert 'encoding = "cp1252"' in error["message"] and f"[tenants.{env.tenant}]" in error["message"]
 
 
+@SQLITE_ONLY
 def test_an_explicit_encoding_that_does_not_decode_is_encoding_error(env: Env) -> None:
     env.reconfigure(encoding="utf-16")
     summary = env.run_bytes(b"\xff\xfep\x00r\x00i\x00\x00\xd8\n\x00", "odd.csv")  # a lone surrogate
@@ -236,6 +271,7 @@ def workbook(rows: list[list[Any]], protect: bool = False) -> bytes:
     return out.getvalue()
 
 
+@SQLITE_ONLY
 def test_an_xlsx_workbook_imports_from_its_first_sheet(env: Env) -> None:
     import datetime as dt
 
@@ -271,6 +307,7 @@ def test_an_xlsx_workbook_imports_from_its_first_sheet(env: Env) -> None:
     ],
     ids=["csv-renamed", "protected", "empty-zip"],
 )
+@SQLITE_ONLY
 def test_a_bad_or_protected_workbook_is_unreadable_workbook(env: Env, data: bytes, needle: str) -> None:
     summary = env.run_bytes(data, "report.xlsx")
     error = env.summary_json(summary)["error"]
@@ -278,6 +315,7 @@ def test_a_bad_or_protected_workbook_is_unreadable_workbook(env: Env, data: byte
     assert env.service.learners.count(env.service.jobs.tenant_id(env.tenant)) == 0
 
 
+@SQLITE_ONLY
 def test_a_workbook_with_a_damaged_sheet_is_unreadable_and_applies_nothing(env: Env, tmp_path: Path) -> None:
     import zipfile
 
@@ -297,6 +335,7 @@ def test_a_workbook_with_a_damaged_sheet_is_unreadable_and_applies_nothing(env: 
 # -- suggest-mapping -----------------------------------------------------------------------------
 
 
+@SQLITE_ONLY
 def test_suggest_mapping_drafts_a_block_that_imports_the_file(env: Env, tmp_path: Path) -> None:
     import tomllib
 
@@ -328,6 +367,7 @@ def test_suggest_mapping_names_delimiter_and_encoding_of_a_european_file(tmp_pat
     assert '"E-Mail" = "primary_email_address"' in drafted and '"Vorname" = "preferred_first_name"' in drafted
 
 
+@SQLITE_ONLY
 def test_the_readme_workday_example_gives_the_readme_results(env: Env) -> None:
     import re
     import tomllib
