@@ -21,7 +21,6 @@ from orgsyncd.core.reader import Record
 from orgsyncd.errors import FileRejected, OrgsyncError
 
 _OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted (password) workbooks and old .xls
-_PROGRESS_MASK = (1 << 14) - 1
 
 
 def is_workbook_name(name: str) -> bool:
@@ -54,7 +53,8 @@ def read_workbook(
     path: Path, progress: Callable[[int], None] | None = None, copy_to: TextIO | None = None
 ) -> Iterator[Record]:
     """Every non-blank row of the first worksheet, as text cells (the header's width: trailing
-    empty cells are not fields). ``copy_to`` gets each record as a CSV line (``line,cells...``),
+    empty cells are not fields). ``progress`` (bytes of the file read) is not called: the
+    workbook's own reader does not say how far into the file it is. ``copy_to`` gets each record as a CSV line (``line,cells...``),
     so the results file can echo the sheet without parsing the workbook a second time."""
     workbook = _open(path)
     copy = csv.writer(copy_to, lineterminator="\n").writerow if copy_to is not None else None
@@ -73,8 +73,6 @@ def read_workbook(
                 cells.extend([""] * (width - len(cells)))
             if copy is not None:
                 copy((number, *cells))
-            if progress is not None and not number & _PROGRESS_MASK:
-                progress(number)
             yield number, cells
     except OrgsyncError:
         raise
