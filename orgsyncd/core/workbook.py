@@ -54,8 +54,9 @@ def read_workbook(
 ) -> Iterator[Record]:
     """Every non-blank row of the first worksheet, as text cells (the header's width: trailing
     empty cells are not fields). ``progress`` (bytes of the file read) is not called: the
-    workbook's own reader does not say how far into the file it is. ``copy_to`` gets each record as a CSV line (``line,cells...``),
-    so the results file can echo the sheet without parsing the workbook a second time."""
+    workbook's own reader does not say how far into the file it is. ``copy_to`` gets each record
+    as a CSV line (``line,cells...``), so the results file can echo the sheet without parsing the
+    workbook a second time."""
     workbook = _open(path)
     copy = csv.writer(copy_to, lineterminator="\n").writerow if copy_to is not None else None
     try:
