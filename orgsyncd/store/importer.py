@@ -23,6 +23,7 @@ BATCH = 20_000
 _TEXT_FIELDS = (("first", "first_name"), ("last", "last_name"), ("title", "title"))
 _APPLIED = "('updated', 'deactivated', 'reactivated')"
 _CHANGING = "('created', 'updated', 'deactivated', 'reactivated')"
+_JSON_PAIRS = 40  # key/value pairs per json_object call: 80 arguments, under both databases' caps
 _SAME_LEARNER = "'the same learner is already on line ' || d.first_line || '; the first occurrence wins'"
 
 
@@ -63,8 +64,21 @@ class Sql:
         return f"strpos({haystack}, {needle})" if self.pg else f"instr({haystack}, {needle})"
 
     def json_object(self, pairs: Sequence[tuple[str, str]]) -> str:
-        args = ", ".join(f"'{key}', {expr}" for key, expr in pairs)
-        return f"json_build_object({args})::text" if self.pg else f"json_object({args})"
+        """A JSON object as text. Keys are quoted as SQL literals (group names come from the file's
+        header); past _JSON_PAIRS pairs the objects are joined as text, because both databases cap a
+        function's arguments (PostgreSQL at 100) and a header may have hundreds of groups."""
+        parts = [self._json_chunk(pairs[at : at + _JSON_PAIRS]) for at in range(0, len(pairs), _JSON_PAIRS)]
+        if len(parts) == 1:
+            return parts[0]
+        head, *middle, last = parts  # '{a, b}' '{c}' '{d}' -> '{a, b' ', ' 'c' ', ' 'd}'
+        pieces = [f"substr({head}, 1, length({head}) - 1)"]
+        pieces += [f"substr({part}, 2, length({part}) - 2)" for part in middle]
+        pieces.append(f"substr({last}, 2)")
+        return "(" + " || ', ' || ".join(pieces) + ")"
+
+    def _json_chunk(self, pairs: Sequence[tuple[str, str]]) -> str:
+        args = ", ".join(f"{sql_literal(key)}, {expr}" for key, expr in pairs)
+        return f"(json_build_object({args})::text)" if self.pg else f"json_object({args})"
 
     @property
     def in_line_order(self) -> str:
@@ -84,6 +98,12 @@ class Sql:
 
     def scalar(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         return self.conn.execute(text(sql), params or {}).scalar()
+
+
+def sql_literal(value: str) -> str:
+    """A string as an SQL literal: quotes doubled (standard strings on both databases, where a
+    backslash is an ordinary character)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def staging_columns(group_count: int, source_count: int = 0) -> list[str]:

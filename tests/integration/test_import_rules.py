@@ -403,3 +403,25 @@ def test_a_big_roster_with_few_changes_applies_exactly_those(env: Env) -> None:
     assert env.learner("U7").groups == [] and env.learner("U8").groups == ["A"]
     assert env.learner("U9").groups == ["Leavers"] and env.learner("U9").license_type is None
     assert env.learner("U11").email == "new11@example.com"
+
+
+def test_group_names_with_quotes_are_data_not_sql(env: Env) -> None:
+    """Group names come from the header, a tenant's text: a quote in one must not end an SQL literal."""
+    sneaky = "group/x', (SELECT 'pwned')) --"
+    summary = env.run(roster(["primary_email_address", "group/O'Brien team", sneaky], [["a@x.com", 1, 1]]))
+    assert summary.status == "succeeded"
+    assert sorted(env.learner("a@x.com").groups) == ["O'Brien team", sneaky.removeprefix("group/")]
+    created = [a for a in env.service.learners.audit(env.learner("a@x.com").id) if a.action == "created"]
+    assert created[0].after["group/O'Brien team"] == 1
+
+
+def test_a_first_import_with_hundreds_of_group_columns(env: Env) -> None:
+    """Both databases cap a function's arguments (PostgreSQL at 100); the audit of a created learner
+    with every group flag must not run into it."""
+    groups = [f"group/g{i}" for i in range(300)]
+    summary = env.run(roster(["primary_email_address", *groups], [["a@x.com", *([1, 0] * 150)]]))
+    assert summary.status == "succeeded" and summary.counts["created"] == 1
+    assert len(env.learner("a@x.com").groups) == 150
+    created = [a for a in env.service.learners.audit(env.learner("a@x.com").id) if a.action == "created"]
+    assert created[0].after["group/g298"] == 1 and created[0].after["group/g299"] == 0
+    assert created[0].after["email"] == "a@x.com"
