@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -23,6 +24,10 @@ GROUP_PREFIX = "group/"
 RESULT_COLUMNS = frozenset({"row", "outcome", "code", "message"})
 TEXT_COLUMNS = (UID, FIRST, LAST, TITLE)
 _HANDLED = ""  # no mapping target is empty
+# Wider headers are not rosters. The group limit keeps the per-job tables inside what both
+# databases allow (PostgreSQL: 1,600 columns per table; each group takes two in the plan).
+MAX_COLUMNS = 2_000
+MAX_GROUP_COLUMNS = 500
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
@@ -74,6 +79,14 @@ class HeaderRules:
 def analyse_header(cells: Sequence[str], rules: HeaderRules, mapping: Mapping | None = None) -> Layout:
     """Where each column of ours is. With a tenant ``mapping`` their names are renamed first
     (matched after ``fold``); our own names are always accepted too."""
+    if len(cells) > MAX_COLUMNS:
+        raise FileRejected(
+            "invalid_header",
+            f"the header has {len(cells):,} columns; a roster has at most {MAX_COLUMNS:,} "
+            "(check that this is the roster export and that its delimiter is right)",
+        )
+    if len(cells) == 1 and (other := _other_delimiter(cells[0], rules)):
+        raise other  # before its one cell is read as an odd column name
     layout = Layout(width=len(cells))
     seen: dict[str, int] = {}
     for index, raw in enumerate(cells):
@@ -84,6 +97,12 @@ def analyse_header(cells: Sequence[str], rules: HeaderRules, mapping: Mapping | 
             _place(layout, index, name, rules, seen, target)
     if layout.email < 0:
         raise _missing_email(layout.names, rules)
+    if len(layout.groups) > MAX_GROUP_COLUMNS:
+        raise FileRejected(
+            "invalid_header",
+            f"the header has {len(layout.groups):,} group/ columns; at most {MAX_GROUP_COLUMNS:,} "
+            "are supported in one file (split the groups over several files)",
+        )
     if rules.strict_headers and layout.warnings:
         raise FileRejected("invalid_header", layout.warnings[0].message + " (strict_headers)")
     return layout
@@ -108,7 +127,7 @@ def _mapped(
 def _place(
     layout: Layout, index: int, name: str, rules: HeaderRules, seen: dict[str, int], target: str | None
 ) -> None:
-    canonical = target if target is not None else name
+    canonical = target if target is not None else visible(name)
     lower = canonical.lower()
     if lower in RESULT_COLUMNS and target is None:
         if lower == "row":
@@ -121,7 +140,8 @@ def _place(
             Issue(
                 "warning",
                 "unknown_column",
-                f"column {index + 1} {name!r} is not a roster column; ignored{hint}",
+                f"column {index + 1} {name!r} is not a roster column; ignored{hint}"
+                f"{non_ascii_hint(canonical)}",
             )
         )
         return
@@ -129,10 +149,44 @@ def _place(
         layout.renamed.add(index)
     renamed = target is not None or seen.get(key, -1) in layout.renamed
     _check_duplicate(key, index, name, layout.names, seen, (rules.key or "[tenants]") if renamed else None)
+    if target is None and canonical != name:
+        layout.warnings.append(_invisible(index, name, canonical))
     if target is None:
-        _check_case(layout, name, lower)
+        _check_case(layout, canonical, lower)
     layout.columns[index] = ACTIVE if lower == ACTIVE else key
     _assign(layout, index, key, canonical, rules)
+
+
+def _invisible(index: int, given: str, name: str) -> Issue:
+    ch = next(ch for ch in given if unicodedata.category(ch) == "Cf")
+    label = unicodedata.name(ch, "a format character")
+    return Issue(
+        "warning",
+        "invisible_characters",
+        f"column {index + 1} {given!r} holds invisible characters (U+{ord(ch):04X} {label}); "
+        f"matched as {name!r}",
+    )
+
+
+def visible(name: str) -> str:
+    """The name without invisible format characters (zero-width spaces and joiners, direction
+    marks, soft hyphens, BOMs), which spreadsheets and copy-paste slip into header cells."""
+    if name.isascii():
+        return name
+    return "".join(ch for ch in name if unicodedata.category(ch) != "Cf").strip()
+
+
+def non_ascii_hint(name: str) -> str:
+    """For a name that did not match: the first character that is not plain ASCII, by its
+    Unicode name, since look-alikes (Cyrillic а, fullwidth letters) read as the real column."""
+    for position, ch in enumerate(name, 1):
+        if not ch.isascii():
+            label = unicodedata.name(ch, f"U+{ord(ch):04X}")
+            return (
+                f" (character {position} is {ch!r}, U+{ord(ch):04X} {label}, not plain ASCII; "
+                "roster column names are ASCII)"
+            )
+    return ""
 
 
 def _sub(key: str, table: str) -> str:
@@ -233,18 +287,22 @@ def _require_default_license(rules: HeaderRules) -> None:
         )
 
 
+def _other_delimiter(cell: str, rules: HeaderRules) -> FileRejected | None:
+    other = [d for d in _DELIMITER_NAMES if d != rules.delimiter and d in cell]
+    if not other:
+        return None
+    sep, ours = _DELIMITER_NAMES[other[0]], _DELIMITER_NAMES.get(rules.delimiter, rules.delimiter)
+    shown = other[0].replace("\t", "\\t")
+    table = rules.key or "the tenant's configuration"
+    return FileRejected(
+        "malformed_csv",
+        f"the header looks {sep}-separated, but this tenant's files are read as {ours}-separated: "
+        f'set delimiter = "{shown}" (or "auto") in {table}, or export the roster as CSV '
+        "with commas (CSV UTF-8)",
+    )
+
+
 def _missing_email(names: list[str], rules: HeaderRules) -> FileRejected:
-    other = [d for d in _DELIMITER_NAMES if d != rules.delimiter and len(names) == 1 and d in names[0]]
-    if other:
-        sep, ours = _DELIMITER_NAMES[other[0]], _DELIMITER_NAMES.get(rules.delimiter, rules.delimiter)
-        shown = other[0].replace("\t", "\\t")
-        table = rules.key or "the tenant's configuration"
-        return FileRejected(
-            "malformed_csv",
-            f"the header looks {sep}-separated, but this tenant's files are read as {ours}-separated: "
-            f'set delimiter = "{shown}" (or "auto") in {table}, or export the roster as CSV '
-            "with commas (CSV UTF-8)",
-        )
     hint = ""
     if rules.key:
         hint = (
@@ -254,5 +312,6 @@ def _missing_email(names: list[str], rules: HeaderRules) -> FileRejected:
     return FileRejected(
         "missing_required_column",
         f"the required column {EMAIL!r} (or {EMAIL_ALIAS!r}) is missing from the header; "
-        f"the header has: {', '.join(repr(n) for n in names)}{hint}",
+        f"the header has: {', '.join(repr(n) for n in names)}{hint}"
+        f"{''.join(non_ascii_hint(n) for n in [n for n in names if not n.isascii()][:3])}",
     )

@@ -266,3 +266,45 @@ def test_results_file_columns_are_ignored_silently(rules: HeaderRules) -> None:
 def test_error_precedence_missing_email_before_strict_warning() -> None:
     error = reject(["department"], STRICT)
     assert error.code == "missing_required_column"
+
+
+# -- hostile and look-alike headers --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200d", "\u2060", "\u00ad", "\u200e", "\ufeff"])
+def test_invisible_characters_do_not_make_a_new_column(invisible: str) -> None:
+    error = reject(["primary_email_address", f"primary_{invisible}email_address"])
+    assert error.code == "duplicate_header"
+    assert "column 2" in error.message and "column 1" in error.message
+
+
+def test_a_column_with_invisible_characters_is_matched_with_a_warning() -> None:
+    layout = analyse_header(["primary_email_address\u200b ", "work_title"], RULES)
+    assert layout.email == 0
+    assert codes(layout) == ["invisible_characters"]
+    assert "U+200B ZERO WIDTH SPACE" in layout.warnings[0].message
+    assert reject(["primary_email_address\u200b"], STRICT).code == "invalid_header"
+
+
+def test_a_look_alike_column_is_unknown_and_the_warning_names_the_character() -> None:
+    layout = analyse_header(["primary_email_address", "work_tit\u0435"], RULES)  # Cyrillic е
+    assert codes(layout) == ["unknown_column"]
+    assert "U+0435 CYRILLIC SMALL LETTER IE" in layout.warnings[0].message
+
+
+def test_a_look_alike_email_column_is_named_in_the_missing_column_error() -> None:
+    error = reject(["preferred_first_name", "\uff50rimary_email_address"])  # fullwidth p
+    assert error.code == "missing_required_column"
+    assert "U+FF50 FULLWIDTH LATIN SMALL LETTER P" in error.message
+
+
+def test_too_many_columns_fail_the_file_before_any_warning_is_built() -> None:
+    error = reject(["primary_email_address", *(f"c{i}" for i in range(2000))])
+    assert error.code == "invalid_header"
+    assert "2,001 columns" in error.message and "2,000" in error.message
+
+
+def test_too_many_group_columns_fail_the_file() -> None:
+    assert analyse_header(["primary_email_address", *(f"group/g{i}" for i in range(500))], RULES)
+    error = reject(["primary_email_address", *(f"group/g{i}" for i in range(501))])
+    assert error.code == "invalid_header" and "501 group/ columns" in error.message
