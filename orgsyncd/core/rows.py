@@ -16,7 +16,7 @@ from collections.abc import Mapping as Lookup
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from orgsyncd.core.emails import normalize_email
+from orgsyncd.core.emails import email_problem, normalize_email
 from orgsyncd.core.formats import Mapping
 from orgsyncd.core.header import ACTIVE, FIRST, LAST, TITLE, UID, Layout
 from orgsyncd.core.reader import Record
@@ -199,7 +199,9 @@ class RowValidator:
         email = normalize_email(raw)
         if email is None:
             column = self.names[self.email_at]
-            raise RowError("invalid_email", f"{column} {raw!r} is not a valid email address")
+            problem = email_problem(raw)
+            why = f": {problem}" if problem else ""
+            raise RowError("invalid_email", f"{column} {raw!r} is not a valid email address{why}")
         return email
 
     def _texts(self, fields: Sequence[str]) -> list[str | None]:

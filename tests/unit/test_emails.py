@@ -10,7 +10,7 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from orgsyncd.core.emails import _fast_ok, normalize_email
+from orgsyncd.core.emails import _fast_ok, email_problem, normalize_email
 
 # -- table tests -----------------------------------------------------------------------------
 
@@ -162,3 +162,34 @@ def test_fast_path_agrees_with_email_validator(raw: str) -> None:
 def test_fast_path_agrees_with_email_validator_apart_from_hyphen_pairs(raw: str) -> None:
     assume(not has_hyphen_pair_label(raw))
     check_fast_path(raw)
+
+
+# -- look-alikes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("j\u043ehn@example.com", "U+043E CYRILLIC SMALL LETTER O"),  # Latin j, Cyrillic о
+        ("john@ex\u0430mple.com", "U+0430 CYRILLIC SMALL LETTER A"),
+        ("\u03bfscar@example.com", "U+03BF GREEK SMALL LETTER OMICRON"),
+        ("\uff4aohn@example.com", "U+FF4A FULLWIDTH LATIN SMALL LETTER J"),
+        ("john\uff20example.com", "U+FF20 FULLWIDTH COMMERCIAL AT"),
+        ("jo\u200bhn@example.com", "U+200B ZERO WIDTH SPACE"),
+    ],
+)
+def test_look_alike_addresses_are_refused_and_the_reason_names_the_character(raw: str, why: str) -> None:
+    assert normalize_email(raw) is None
+    problem = email_problem(raw)
+    assert problem is not None and why in problem
+
+
+@pytest.mark.parametrize(
+    "raw", ["иван@пример.рф", "αβγ@example.com", "jöhn@example.com", "tanaka太郎@example.jp", "a@b\uff0ecom"]
+)
+def test_one_script_and_scripts_that_imitate_nothing_stay_valid(raw: str) -> None:
+    assert normalize_email(raw) is not None
+
+
+def test_a_plain_invalid_address_has_nothing_more_to_say() -> None:
+    assert email_problem("not-an-email") is None
