@@ -45,6 +45,7 @@ class DaemonConfig(_Section):
     hourly_cron: str = "0 * * * *"
     daily_cron: str = "0 2 * * *"
     daily_threshold_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
+    max_roster_bytes: int = Field(default=2 * 1024**3, gt=0)
     retention_days: int = Field(default=90, ge=1)
     rescan_interval_s: float = Field(default=30.0, gt=0)
     misfire_grace_s: int = Field(default=3600, ge=1)

@@ -171,7 +171,7 @@ class JobRunner:
         with (
             self.engine.connect() as conn,
             conn.begin(),
-            open_source(source, tenant_name, tenant) as roster,
+            open_source(source, tenant_name, tenant, max_bytes=self._max_bytes) as roster,
         ):
             try:
                 staged = self._stage(conn, roster, tenant_name, tenant, progress)
@@ -230,7 +230,7 @@ class JobRunner:
         self, conn: Connection, run: _Run, progress: Progress | None
     ) -> Summary | FileRejected | None:
         scratch = run.dirs.spool / f"{run.job.id}.sheet.csv.tmp"
-        with open_source(run.source, run.job.tenant, run.tenant, scratch) as source:
+        with open_source(run.source, run.job.tenant, run.tenant, scratch, self._max_bytes) as source:
             try:
                 with conn.begin():
                     staged = self._stage(conn, source, run.job.tenant, run.tenant, progress)
@@ -277,6 +277,10 @@ class JobRunner:
             conn.commit()
         faults.checkpoint("after_commit")
         return summary
+
+    @property
+    def _max_bytes(self) -> int:
+        return self.settings.daemon.max_roster_bytes
 
     def _stage(
         self,

@@ -58,15 +58,25 @@ def pgp_keys(name: str, cfg: TenantConfig) -> PgpKeys:
 
 
 class CsvSource:
-    def __init__(self, path: Path, decoding: Decoding, keyring: Keyring | None) -> None:
+    def __init__(
+        self, path: Path, decoding: Decoding, keyring: Keyring | None, max_bytes: int | None = None
+    ) -> None:
         self.path = path
         self.decoding = decoding
+        self.max_bytes = max_bytes
         self.decrypt = keyring.decrypt if keyring is not None else None
         self.delimiter: str | None = None
 
     def records(self, progress: Progress | None = None) -> Generator[Record, None, None]:
         used: list[str] = []
-        records = read_records(self.path, progress, decoding=self.decoding, decrypt=self.decrypt, used=used)
+        records = read_records(
+            self.path,
+            progress,
+            decoding=self.decoding,
+            decrypt=self.decrypt,
+            used=used,
+            max_bytes=self.max_bytes,
+        )
         first = next(records, None)
         if used:
             self.delimiter = used[0]
@@ -117,10 +127,11 @@ class _Refused:
 
 @contextlib.contextmanager
 def open_source(
-    path: Path, tenant: str, cfg: TenantConfig, scratch: Path | None = None
+    path: Path, tenant: str, cfg: TenantConfig, scratch: Path | None = None, max_bytes: int | None = None
 ) -> Iterator[RosterSource]:
     """The reader for ``path`` (its name decides: .xlsx, .pgp/.gpg/.asc, .gz, .csv). ``scratch``
-    is a private path the reader may use for the job (removed afterwards)."""
+    is a private path the reader may use for the job (removed afterwards); ``max_bytes`` bounds a
+    CSV's bytes after decryption and decompression."""
     if cfg.require_encryption and not is_encrypted(path):
         yield _Refused(
             FileRejected(
@@ -139,7 +150,7 @@ def open_source(
         return
     fmt = tenant_format(tenant, cfg)
     if not is_encrypted(path):
-        yield CsvSource(path, fmt.decoding, None)
+        yield CsvSource(path, fmt.decoding, None, max_bytes)
         return
     with Keyring(pgp_keys(tenant, cfg)) as keyring:
-        yield CsvSource(path, fmt.decoding, keyring)
+        yield CsvSource(path, fmt.decoding, keyring, max_bytes)

@@ -299,3 +299,106 @@ def test_progress_reports_bytes_read(tmp_path: Path) -> None:
     assert seen, "progress was never called for a 40k-row file"
     assert seen == sorted(seen)
     assert all(0 < n <= len(data) for n in seen)
+
+
+# -- what the bytes really are, and limits ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "code", "what"),
+    [
+        (b"PK\x03\x04\x14\x00\x06\x00", "unsupported_file_type", "ZIP archive"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "unsupported_file_type", ".xls workbook"),
+        (b"%PDF-1.7\n", "unsupported_file_type", "PDF document"),
+        (b"\x89PNG\r\n\x1a\n", "unsupported_file_type", "PNG image"),
+        (b"\x7fELF\x02\x01", "unsupported_file_type", "ELF executable"),
+        (b"\x1f\x8b\x08\x00", "unsupported_file_type", "name it .csv.gz"),
+        ("primary_email_address\n".encode("utf-16"), "encoding_error", "UTF-16"),
+        ("primary_email_address\n".encode("utf-32"), "encoding_error", "UTF-32"),
+    ],
+)
+def test_a_file_that_is_something_else_says_what_it_is(
+    tmp_path: Path, head: bytes, code: str, what: str
+) -> None:
+    error = rejected(tmp_path, head + bytes(range(256)) * 4)
+    assert error.code == code
+    assert what in error.message
+
+
+def test_gzip_inside_gzip_is_named(tmp_path: Path) -> None:
+    error = rejected(tmp_path, gzip.compress(gzip.compress(HEADER)), name="roster.csv.gz")
+    assert error.code == "unsupported_file_type" and "compressed twice" in error.message
+
+
+@pytest.mark.parametrize("order", ["le", "be"])
+def test_utf16_without_a_byte_order_mark_is_an_encoding_error(tmp_path: Path, order: str) -> None:
+    error = rejected(tmp_path, (HEADER + b"\n" + ROWS[0]).decode().encode(f"utf-16-{order}"))
+    assert error.code == "encoding_error"
+    assert f"UTF-16 ({'little' if order == 'le' else 'big'}-endian)" in error.message
+
+
+def test_a_nul_byte_is_located(tmp_path: Path) -> None:
+    error = rejected(tmp_path, HEADER + b"\n" + ROWS[0] + b"\njane@x.com,J\x00ane,T\n")
+    assert error.code == "malformed_csv"
+    assert error.message.startswith("line 3, column 13 holds a NUL byte")
+
+
+def test_a_nul_byte_past_the_first_chunk_is_located(tmp_path: Path) -> None:
+    body = b"\n".join([HEADER, *[ROWS[0]] * 5000, b"a@x.com,\x00,T"])
+    assert "line 5002, column 9" in rejected(tmp_path, body).message
+
+
+def test_a_line_without_line_breaks_past_the_limit_fails_naming_it(tmp_path: Path) -> None:
+    error = rejected(tmp_path, HEADER + b"\n" + ROWS[0] + b"\na@x.com,J," + b"x" * (9 << 20))
+    assert error.code == "malformed_csv"
+    assert error.message.startswith("line 3 is longer than 8,388,608 bytes")
+
+
+def test_a_field_under_the_field_limit_is_read(tmp_path: Path) -> None:
+    got = records(tmp_path, HEADER + b"\na@x.com,J," + b"x" * 500_000 + b"\n")
+    assert len(got[1][1][2]) == 500_000
+
+
+def test_a_quoted_field_past_the_field_limit_names_the_line_it_starts_on(tmp_path: Path) -> None:
+    lines = b"\n".join([b"y" * 1000] * 1200)  # short physical lines: the quote never closes
+    error = rejected(tmp_path, HEADER + b"\n" + ROWS[0] + b'\na@x.com,"' + lines + b"\n" + ROWS[1])
+    assert error.code == "malformed_csv"
+    assert error.message.startswith("line 3: a field") and "1,048,576 characters" in error.message
+
+
+def bomb(tmp_path: Path, line: bytes, members: int) -> Path:
+    """A small .csv.gz of repeated gzip members, each ~1 KB inflating to 1 MiB of ``line``."""
+    member = gzip.compress(line * ((1 << 20) // len(line)))
+    return write(tmp_path, "bomb.csv.gz", gzip.compress(HEADER + b"\n") + member * members)
+
+
+def test_a_gzip_bomb_of_rows_stops_at_the_ratio_not_the_size_limit(tmp_path: Path) -> None:
+    path = bomb(tmp_path, b"a@x.com,A,T\n", 4096)  # inflates to 4 GiB
+    assert path.stat().st_size < 10_000_000
+    with pytest.raises(FileRejected) as info:
+        sum(1 for _ in read_records(path, max_bytes=1 << 40))
+    assert info.value.code == "file_too_large"
+    assert "inflates more than 200-fold" in info.value.message and "gzip bomb" in info.value.message
+
+
+def test_a_gzip_bomb_of_blank_lines_stops_at_the_blank_run(tmp_path: Path) -> None:
+    with pytest.raises(FileRejected) as info:
+        list(read_records(bomb(tmp_path, b"\r\n", 4096)))
+    assert info.value.code == "malformed_csv"
+    assert "more than 100,000 blank lines in a row from line 2 on" in info.value.message
+
+
+def test_max_bytes_stops_an_inflating_file_at_the_limit(tmp_path: Path) -> None:
+    rows = b"\n".join(b"user%d@example.com,N%d,T%d" % (i, i * 7919 % 10007, i) for i in range(300_000))
+    path = write(tmp_path, "big.csv.gz", gzip.compress(HEADER + b"\n" + rows))
+    with pytest.raises(FileRejected) as info:
+        list(read_records(path, max_bytes=2 << 20))
+    assert info.value.code == "file_too_large"
+    assert "inflates to more than 2,097,152 bytes ([daemon] max_roster_bytes)" in info.value.message
+    assert sum(1 for _ in read_records(path, max_bytes=64 << 20)) == 300_001  # under the limit: read
+
+
+def test_max_bytes_applies_to_a_plain_file_too(tmp_path: Path) -> None:
+    path = write(tmp_path, "big.csv", HEADER + b"\n" + b"\n".join([ROWS[0]] * 1000))
+    with pytest.raises(FileRejected, match="is larger than 10,000 bytes"):
+        list(read_records(path, max_bytes=10_000))
