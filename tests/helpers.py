@@ -48,13 +48,14 @@ class Env:
     tenant: str = "acme"
     tenant_cfg: dict[str, Any] = field(default_factory=dict)
     notify_cfg: dict[str, Any] = field(default_factory=dict)
+    daemon_cfg: dict[str, Any] = field(default_factory=dict)
     _service: Service | None = None
     _counter: int = 0
 
     def settings(self) -> Settings:
         cfg = {"licenses": {LIC: 0}, "default_license": LIC, **self.tenant_cfg}
         return Settings(
-            daemon={"data_dir": self.root / "data", "database_url": self.db_url},
+            daemon={"data_dir": self.root / "data", "database_url": self.db_url, **self.daemon_cfg},
             tenants={self.tenant: cfg},
             notify=self.notify_cfg,
         )
