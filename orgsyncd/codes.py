@@ -56,6 +56,10 @@ CODES: Final[dict[str, Code]] = {
     "rejected": Code(FILE, "an operator rejected the held job; nothing of it was applied"),
     "unknown_column": Code(FILE, "warning: a header column is not a roster column and was ignored"),
     "header_case": Code(FILE, "warning: a header column matched only by ignoring case"),
+    "invisible_characters": Code(FILE, "warning: a header column matched by ignoring invisible characters"),
+    "file_too_large": Code(
+        FILE, "past max_roster_bytes after decompression, or a gzip bomb; not read further"
+    ),
     "duplicate_file": Code(FILE, "warning: the same file was already applied; it was not applied again"),
     # -- one row (row > 0): an error means that row changed nothing; the other rows applied -----
     "field_count": Code(ROW, "the row has more or fewer fields than the header"),
