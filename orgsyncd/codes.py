@@ -75,6 +75,9 @@ CODES: Final[dict[str, Code]] = {
     "uid_adopted": Code(ROW, "note: a learner known by email only was given the row's unique_user_id"),
     # -- the job record ------------------------------------------------------------------------
     "internal_error": Code(JOB, "the job crashed three times (not a problem of the file); it is failed"),
+    "storage_unavailable": Code(
+        JOB, "event: the data directory was full or read-only; the job stays queued and runs again"
+    ),
     "approved": Code(JOB, "event: an operator released the held job; it applies at the next run"),
     "retried": Code(JOB, "event: an operator queued the failed job again"),
     "tenant_silent": Code(JOB, "notification: a tenant sent no file for silent_after_h hours"),

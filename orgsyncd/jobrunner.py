@@ -191,12 +191,13 @@ class JobRunner:
         """Move result files into results/ and the input into archive/. Idempotent."""
         dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
         for tmp, final in self._moves(dirs, job):
-            if tmp.exists():
-                atomic_replace(tmp, final)
+            _move_if_there(tmp, final)
+        faults.checkpoint("after_results_moved")
         spool = Path(job.spool_path)
         if job.status in TERMINAL and spool.exists():
             _unlink_inbox_copy(dirs.inbox / job.file_name, spool)
-            atomic_replace(spool, archive_path(dirs, job.file_name, job.id))
+            _move_if_there(spool, archive_path(dirs, job.file_name, job.id))
+        faults.checkpoint("after_archive")
         self.jobs.mark_finalized(job.id)
 
     # -- the import proper ------------------------------------------------------------------
@@ -298,9 +299,8 @@ class JobRunner:
             validator = RowValidator(layout, rules, seed=seed, mapping=fmt.mapping)
             groups, sources = len(layout.groups), len(layout.sources)
             create_staging(conn, groups, sources)
-            rows = load_staging(
-                conn, starmap(validator.validate, roster_rows(records, layout)), groups, sources
-            )
+            validated = starmap(validator.validate, roster_rows(records, layout))
+            rows = load_staging(conn, faults.stream(validated, "during_stage"), groups, sources)
         return Staged(layout=layout, rows=rows, source=source)
 
     def _header(
@@ -376,18 +376,19 @@ class JobRunner:
         issues = list(layout.warnings)
         if summary.status == "held":
             issues.insert(0, Issue("error", "threshold_exceeded", summary.extra["message"]))
-        with _atomic_text(csv_tmp) as out:
+        with _atomic_text(csv_tmp) as out, contextlib.closing(result_lines(conn, default)) as lines:
             writer = ResultsWriter(out, layout.names, _newline(run))
             writer.issues(issues)
             if layout.row >= 0 or writer.drop:  # a results file uploaded again
                 records = staged.source.records()
                 next(records)  # the header
                 rows = run.tracker.counted(roster_rows(records, layout))
-                written = writer.rows(result_lines(conn, default), rows, default)
+                written = writer.rows(lines, rows, default)
             else:
                 echoes = staged.source.echo_records()
                 next(echoes)  # the header
-                written = writer.echo_rows(result_lines(conn, default), run.tracker.counted(echoes), default)
+                counted = run.tracker.counted(faults.stream(echoes, "during_results"))
+                written = writer.echo_rows(lines, counted, default)
         if written != staged.rows:  # the second read must see the rows the first one staged
             raise RuntimeError(
                 f"results out of step with input: {written} rows written, {staged.rows} staged"
@@ -510,6 +511,12 @@ class JobRunner:
     def _report_tmp(self, dirs: TenantDirs, job_id: int) -> Path:
         return dirs.spool / f"{job_id}.report.html.tmp"
 
+    def discard_temporaries(self, job: JobRecord) -> None:
+        """Drop the result files an aborted attempt wrote under temporary names."""
+        for tmp, _ in self._moves(tenant_dirs(self.settings.daemon.data_dir, job.tenant), job):
+            with contextlib.suppress(OSError):  # a read-only disk: the next attempt overwrites them
+                tmp.unlink(missing_ok=True)
+
     def _moves(self, dirs: TenantDirs, job: JobRecord) -> list[tuple[Path, Path]]:
         """(temporary, final) for every result file of a job, in the order they are moved."""
         moves = list(
@@ -540,6 +547,12 @@ def _newline(run: _Run) -> str:
     if not is_roster_name(name) or is_workbook_name(name) or is_encrypted(Path(name)):
         return "\r\n"
     return line_ending(run.source)
+
+
+def _move_if_there(tmp: Path, final: Path) -> None:
+    """Finalizing is idempotent: whoever finishes a job first (a restart, another instance) moved it."""
+    with contextlib.suppress(FileNotFoundError):
+        atomic_replace(tmp, final)
 
 
 def _unlink_inbox_copy(inbox_file: Path, spool: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import os
 import socket
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
+from orgsyncd import faults
 from orgsyncd.config import Settings
 from orgsyncd.core.header import EMAIL, FIRST, LAST, TITLE, UID
 from orgsyncd.core.results import Summary, escape
@@ -108,12 +111,22 @@ class Service:
     def recover(self) -> None:
         """Finish what a crash interrupted: result files and archive moves of committed jobs, and
         spooled files that never got their job row."""
-        for job in self.jobs.unfinalized():
-            if job.tenant in self.settings.tenants:
-                self.runner.finalize(job)
-                log.info("job_finalized_after_restart", job_id=job.id, tenant=job.tenant)
+        self._finish_interrupted("job_finalized_after_restart")
         for name in self.settings.tenants:
             self._register_orphans(name)
+
+    def _finish_interrupted(self, event: str) -> None:
+        """Committed jobs whose result files or archive move did not happen (a crash, a full or
+        read-only disk right after the commit): done now, before anything new runs."""
+        for job in self.jobs.unfinalized():
+            if job.tenant not in self.settings.tenants:
+                continue
+            try:
+                self.runner.finalize(job)
+            except OSError as exc:  # still full or read-only: the next run tries again
+                log.error("job_finalize_failed", job_id=job.id, tenant=job.tenant, error=str(exc))
+                continue
+            log.info(event, job_id=job.id, tenant=job.tenant)
 
     def job_progress(self, job: JobRecord) -> dict[str, Any] | None:
         """How far a running job is (written by whichever process runs it), or None."""
@@ -165,6 +178,7 @@ class Service:
             os.link(path, spool)
         except (FileExistsError, FileNotFoundError):
             return None  # another watcher or instance took it first, or it is gone
+        faults.checkpoint("after_spool_link")  # a crash here leaves an orphan that recover() queues
         return self._register(tenant, spool, actor)
 
     def _register(self, tenant: str, spool: Path, actor: str | None = None) -> int | None:
@@ -221,6 +235,7 @@ class Service:
         files, daily-cadence tenants) to the daily run; 'daily' and 'now' take everything."""
         if tenant is not None:
             self.settings.tenant(tenant)
+        self._finish_interrupted("job_finalized_late")
         done: list[JobResult] = []
         for name in [tenant] if tenant else sorted(self.settings.tenants):
             done.extend(self._drain(name, include_deferred=kind != "hourly"))
@@ -254,6 +269,14 @@ class Service:
         return summary
 
     def _attempt_failed(self, job: JobRecord, exc: Exception) -> None:
+        if not self._still_queued(job):  # it committed: its results wait to be moved in, keep them
+            log.error("job_finish_interrupted", tenant=job.tenant, job_id=job.id, error=repr(exc))
+            return
+        self.runner.discard_temporaries(job)  # an aborted attempt's results must never be moved in
+        trouble = storage_trouble(exc)
+        if trouble is not None:
+            self._storage_failed(job, trouble)
+            return
         attempts = job.attempts + 1
         log.exception("job_attempt_failed", tenant=job.tenant, job_id=job.id, attempts=attempts)
         message = f"internal error on attempt {attempts}: {type(exc).__name__}: {exc}"
@@ -270,6 +293,31 @@ class Service:
                 error_message=message,
                 **({"error_code": "internal_error"} if last else {}),
             )
+
+    def _still_queued(self, job: JobRecord) -> bool:
+        try:
+            return self.jobs.get(job.id).status == QUEUED
+        except SQLAlchemyError:
+            return False  # cannot tell: keep what is on disk, the next attempt overwrites it
+
+    def _storage_failed(self, job: JobRecord, trouble: str) -> None:
+        """The disk is full or read-only: not the file's fault and not a bug, so the attempt does
+        not count; the job stays queued and runs again at the next run."""
+        message = f"the data directory cannot be written ({trouble}); the job runs again at the next run"
+        log.error("job_storage_unavailable", tenant=job.tenant, job_id=job.id, reason=trouble)
+        try:
+            with contextlib.suppress(StateConflict):
+                self.jobs.change(
+                    job.id,
+                    QUEUED,
+                    actor=self.actor,
+                    allowed=(QUEUED,),
+                    code="storage_unavailable",
+                    message=message,
+                    error_message=message,
+                )
+        except SQLAlchemyError:  # the database is on the same full disk: the log has said it
+            log.warning("job_storage_unrecorded", tenant=job.tenant, job_id=job.id)
 
     def import_file(
         self,
@@ -457,6 +505,34 @@ class Service:
 def default_instance_name() -> str:
     """``[daemon] instance_name`` when unset: the host name and the process id."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+_STORAGE_WORDS = (
+    "database or disk is full",
+    "disk I/O error",
+    "readonly database",
+    "unable to open database file",
+    "No space left on device",
+)
+
+
+def storage_trouble(exc: BaseException) -> str | None:
+    """What is wrong with the storage, when that is why ``exc`` happened: a full or read-only disk
+    under the data directory (an OSError), or under SQLite's or PostgreSQL's files."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+            return f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror)
+        if getattr(err, "sqlstate", None) == "53100" or any(w in str(err) for w in _STORAGE_WORDS):
+            return str(err).splitlines()[0]
+        todo += [err.__cause__, err.__context__, getattr(err, "orig", None)]
+    return None
 
 
 def _cell(value: str | None) -> str:

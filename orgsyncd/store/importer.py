@@ -8,7 +8,7 @@ applying run in one transaction: the caller commits it or rolls it back as a who
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -842,7 +842,9 @@ _FIELDS_DIFFER = (
 )
 
 
-def result_lines(conn: Connection, default: str) -> Iterator[tuple[int, str, str | None, str | None]]:
+def result_lines(
+    conn: Connection, default: str
+) -> Generator[tuple[int, str, str | None, str | None], None, None]:
     """(line, outcome, code, message) in file order, streamed, for the rows whose outcome is not
     ``default`` (``Plan.default_outcome``) or that carry a code; a staged line that is not listed
     has outcome ``default`` and no code."""
@@ -851,9 +853,10 @@ def result_lines(conn: Connection, default: str) -> Iterator[tuple[int, str, str
         f"WHERE outcome <> '{default}' OR err IS NOT NULL OR note IS NOT NULL ORDER BY line"
     )
     if conn.dialect.name == "postgresql":
-        result = conn.execute(text(query).execution_options(stream_results=True, yield_per=BATCH))
-        for line, outcome, code, message in result:
-            yield int(line), str(outcome), code, message
+        # (closed when the reader stops early, e.g. a full disk under the results file)
+        with conn.execute(text(query).execution_options(stream_results=True, yield_per=BATCH)) as result:
+            for line, outcome, code, message in result:
+                yield int(line), str(outcome), code, message
         return
     # sqlite3 cursors step lazily; skipping SQLAlchemy's row objects saves a quarter of the time.
     yield from conn.connection.driver_connection.execute(query)  # type: ignore[union-attr]

@@ -364,7 +364,8 @@ class JobStore:
         query = (
             select(Job, Tenant.name)
             .join(Tenant, col(Tenant.id) == col(Job.tenant_id))
-            .where(col(Job.finalized).is_(False), Job.status != QUEUED)
+            # (never a queued or running job: its temporary results are not committed yet)
+            .where(col(Job.finalized).is_(False), col(Job.status).in_((*TERMINAL, HELD)))
             .order_by(col(Job.id))
         )
         with Session(self.engine) as session:
