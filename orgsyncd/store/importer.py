@@ -224,8 +224,9 @@ class Planner:
             "n_lic TEXT, outcome TEXT, note TEXT, note_msg TEXT)"
         )
         params = {**self.p, "base": self._id_base(), **self._source_params()}
-        if not self._tenant_has_learners():
-            self.sql.run(self._build_sql(self._match_sql()), params)
+        if not self._tenant_has_learners():  # a first import: every row is a new learner
+            nobody = "SELECT s.*, CAST(NULL AS BIGINT) AS lid, 0 AS adopt, 0 AS taken, 0 AS same FROM stg s"
+            self.sql.run(self._build_sql(nobody), params)
             return
         # Re-imports: match first into a slim table; rows whose fingerprint matches go to the plan
         # as `unchanged` with no further work, and only the rest pay for the full expression pass.
@@ -283,6 +284,12 @@ class Planner:
             return 0
         return int(self.sql.scalar("SELECT COALESCE(MAX(id), 0) FROM learner"))
 
+    def _learner_sequence(self) -> str:
+        """The id sequence as a regclass literal, which PostgreSQL resolves once when it parses the
+        statement (``pg_get_serial_sequence`` in the statement is a catalog lookup per row)."""
+        name = str(self.sql.scalar("SELECT pg_get_serial_sequence('learner', 'id')"))
+        return "'" + name.replace("'", "''") + "'::regclass"
+
     def _build_sql(self, matched: str) -> str:
         groups = range(len(self.req.groups))
         gids = self._existing_group_ids()
@@ -292,7 +299,7 @@ class Planner:
         any_group += "".join(f" OR x.o{k} IS NOT NULL OR x.j{k} = 1" for k in self._sources)
         pl_sources = "".join(f", s{k}, k{k}, o{k}, j{k}" for k in self._sources)
         x_sources = "".join(f", x.s{k}, x.k{k}, x.o{k}, x.j{k}" for k in self._sources)
-        new_id = "nextval(pg_get_serial_sequence('learner', 'id'))" if self.sql.pg else ":base + m.line"
+        new_id = f"nextval({self._learner_sequence()})" if self.sql.pg else ":base + m.line"
         needle = "'|' || l.license_type || '|'"
         off = f"({self.sql.instr('m.lic_off', needle)} > 0)"
         ok = "(m.err IS NULL AND m.taken = 0)"
