@@ -774,8 +774,11 @@ class Applier:
         )
         for i, gid in enumerate(group_ids):
             params = {"gid": gid}
-            if self.creates:  # a new learner is in no group yet: a plain insert, no conflict check
-                self.sql.run(f"{insert} AND d{i} = 1 AND is_new = 1", params)
+            if self.creates:
+                # A new learner is in no group yet: a plain insert, no conflict check, unless two
+                # columns name one group (names that differ only as casefold sees them).
+                clash = " ON CONFLICT DO NOTHING" if group_ids.count(gid) > 1 else ""
+                self.sql.run(f"{insert} AND d{i} = 1 AND is_new = 1{clash}", params)
             if self.touches_existing:  # only a learner that exists can already be in it, or leave it
                 self.sql.run(f"{insert} AND d{i} = 1 AND is_new = 0 ON CONFLICT DO NOTHING", params)
                 self.sql.run(

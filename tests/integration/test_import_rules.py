@@ -257,6 +257,15 @@ def test_groups_created_joined_left_and_inactive_group(env: Env) -> None:
     assert env.learner("a@example.com").groups == ["Sales"]
 
 
+def test_two_columns_naming_one_group_give_one_membership(env: Env) -> None:
+    # Distinct headers, but group names compare casefolded: both columns are the group "Straße".
+    header = ["primary_email_address", "group/Straße", "group/STRASSE"]
+    first = env.run(roster(header, [["a@example.com", 1, 1], ["b@example.com", 0, 1]]))
+    assert env.outcomes(first) == [("2", "created", ""), ("3", "created", "")]
+    assert env.learner("a@example.com").groups == ["Straße"]
+    assert env.learner("b@example.com").groups == ["Straße"]
+
+
 def test_blank_means_modes(env: Env) -> None:
     header = ["primary_email_address", "preferred_first_name", "work_title"]
     env.run(roster(header, [["a@example.com", "Ann", "Dev"]]))
