@@ -1,18 +1,29 @@
-"""SFTP upload throughput: `orgsyncd serve` against OpenSSH's own sftp-server, same files, same run.
+"""SFTP benchmark: throughput against OpenSSH's sftp-server, memory under concurrency, and logins
+under a flood of half-open handshakes.
 
-    python bench/sftp_bench.py [--mb 100] [--rows 1000000] [--sessions 200] [--session-mb 1]
+    python bench/sftp_bench.py [--mb 100] [--rows 1000000] [--repeat 2] [--no-throughput]
+                               [--concurrency 500x1,200x5] [--half-open 300] [--memory-max 1G]
 
-Setup (done here): installs Debian's openssh-server if sshd is missing, starts a private sshd on a
-loopback port with its own config and keys (stopped afterwards), and `orgsyncd serve` on another
-loopback port with a throwaway data directory. Uploads the same 100 MB file and a generated
-1,000,000-row roster to both with the OpenSSH `sftp` client and with paramiko, prints MB/s and the
-ratio orgsyncd/OpenSSH; then N concurrent sessions each uploading 1 MB to orgsyncd: total time,
-failures, files queued, and the daemon's peak RSS.
+1. Throughput: installs Debian's openssh-server if sshd is missing, starts a private sshd on a
+   loopback port with its own config and keys (stopped afterwards), and `orgsyncd serve` on another
+   loopback port with a throwaway data directory. Uploads the same 100 MB file and a generated
+   1,000,000-row roster to both with the OpenSSH `sftp` client and with paramiko; prints MB/s and the
+   ratio orgsyncd/OpenSSH.
+2. Concurrency, per SESSIONSxMB step, against a fresh `orgsyncd serve` with its default limits:
+   that many paramiko sessions at once, each from its own loopback address (127.77.x.y), each
+   uploading an MB-sized file. Prints the time, failures, files queued (and any queued twice), and
+   the daemon's peak RSS (VmHWM). With --memory-max the daemon runs in a memory cgroup with that
+   limit, as under the unit's MemoryMax=, and the cgroup's peak and OOM kills are printed too.
+3. Half-open handshakes: N connections that send the SSH banner and then nothing, held open, first
+   all from one address, then each from its own; meanwhile a tenant logs in and uploads. Prints how
+   many of the N the daemon kept and how long the tenant's login and upload took (target < 5 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import shutil
 import signal
@@ -33,6 +44,7 @@ import paramiko
 ROOT = Path(__file__).resolve().parent.parent
 SSHD = Path("/usr/sbin/sshd")
 SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
+SFTP_OPTIONS: list[str] = []  # --sftp KEY=VALUE lines added to orgsyncd's [sftp] section
 
 
 def free_port() -> int:
@@ -100,7 +112,9 @@ def private_sshd(work: Path, user_key_pub: str) -> Iterator[int]:
 
 
 @contextmanager
-def orgsyncd_serve(work: Path, user_key_pub: str) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
+def orgsyncd_serve(
+    work: Path, user_key_pub: str, cgroup: MemoryCgroup | None = None
+) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
     port, metrics = free_port(), free_port()
     keys = work / "acme.pub"
     keys.write_text(user_key_pub, encoding="utf-8")
@@ -110,17 +124,20 @@ def orgsyncd_serve(work: Path, user_key_pub: str) -> Iterator[tuple[int, subproc
         f'[daemon]\ndata_dir = "{data}"\nhourly_cron = "0 0 1 1 *"\ndaily_cron = "30 0 1 1 *"\n'
         "daily_threshold_bytes = 1\n"  # nothing is imported during the benchmark: uploads only
         f'[sftp]\nlisten = "127.0.0.1:{port}"\nmax_sessions_per_tenant = 1000\nmax_file_bytes = 4294967296\n'
-        f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n'
+        + "".join(f"{line}\n" for line in SFTP_OPTIONS)
+        + f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n'
         f'[tenants.acme]\nauthorized_keys = "{keys}"\ncadence = "daily"\n'
         "licenses = { default_license_learning_proalllanguages = 0 }\n",
         encoding="utf-8",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORGSYNCD_")}
+    log = (work / "orgsyncd.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "orgsyncd", "--config", str(config), "serve"],
-        stdout=subprocess.DEVNULL,
+        stdout=log,
         stderr=subprocess.DEVNULL,
         env=env,
+        preexec_fn=cgroup.join if cgroup else None,  # in the group from its first byte
     )
     try:
         wait_port(port)
@@ -128,6 +145,7 @@ def orgsyncd_serve(work: Path, user_key_pub: str) -> Iterator[tuple[int, subproc
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+        log.close()
 
 
 def make_file(path: Path, mb: int) -> None:
@@ -198,62 +216,217 @@ def _rate(
     return local.stat().st_size / 1e6 / seconds
 
 
-def concurrent(
-    args: argparse.Namespace, work: Path, key: Path, port: int, proc: subprocess.Popen[bytes], data: Path
-) -> None:
-    payload = work / "one_mb.csv"
-    payload.write_bytes(b"primary_email_address\n" + b"x@example.com\n" * ((args.session_mb << 20) // 14))
-    failures: list[str] = []
-    peak = {"rss": 0}
-    stop = threading.Event()
+# -- concurrency: many sessions at once, the daemon's peak memory ----------------------------------
 
-    def watch_rss() -> None:
-        while not stop.is_set():
-            peak["rss"] = max(peak["rss"], _rss_kib(proc.pid))
-            time.sleep(0.05)
+
+def source_address(index: int) -> str:
+    """A loopback address of its own per client (all of 127/8 reaches lo), as 500 HRIS hosts
+    would connect from 500 addresses; the per-address limits then apply as they would there."""
+    return f"127.77.{index // 250}.{index % 250 + 1}"
+
+
+def connect_from(source: str, port: int, key: Path, timeout: float = 120.0) -> paramiko.SSHClient:
+    sock = socket.socket()
+    sock.settimeout(timeout)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", port=port, username="acme", key_filename=str(key), look_for_keys=False,
+                   allow_agent=False, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                   sock=sock)  # fmt: skip
+    return client
+
+
+def concurrent_step(
+    work: Path, key: Path, public: str, sessions: int, mb: int, memory_max: str | None
+) -> None:
+    payload = work / f"payload_{mb}mb.csv"
+    line = b"primary_email_address\nx@example.com\n"
+    payload.write_bytes((line * ((mb << 20) // len(line) + 1))[: mb << 20])
+    failures: list[str] = []
 
     def one(i: int) -> None:
         try:
-            client = paramiko.SSHClient()
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-            client.connect("127.0.0.1", port=port, username="acme", key_filename=str(key), look_for_keys=False,
-                           allow_agent=False, timeout=60, banner_timeout=60, auth_timeout=60)  # fmt: skip
-            client.open_sftp().put(str(payload), f"/inbox/c{i:04d}.csv")
-            client.close()
+            client = connect_from(source_address(i), port, key)
+            try:
+                client.open_sftp().put(str(payload), f"/inbox/c{i:04d}.csv")
+            finally:
+                client.close()
         except Exception as exc:
             failures.append(f"{i}: {type(exc).__name__}: {exc}")
 
-    watcher = threading.Thread(target=watch_rss, daemon=True)
-    watcher.start()
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(args.sessions)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    time.sleep(3)  # let the last queue-on-close land
-    stop.set()
-    queued = _queued_uploads(data)
-    print(f"\n{args.sessions} concurrent sessions x {args.session_mb} MB to orgsyncd: {elapsed:.1f} s, "
-          f"{len(failures)} failures, {queued} files queued, daemon peak RSS {peak['rss'] / 1024:.0f} MB")  # fmt: skip
-    for line in failures[:5]:
-        print("  failure:", line)
+    step = work / f"concurrency-{sessions}x{mb}"
+    step.mkdir()
+    with memory_cgroup(memory_max) as cgroup, orgsyncd_serve(step, public, cgroup) as (port, proc, data):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(sessions)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+        queued, duplicated = _queued_uploads(data, sessions)
+        peak = _status_kib(proc.pid, "VmHWM") / 1024
+        cpu = _cpu_s(proc.pid)
+        limit = cgroup.report() if cgroup else ""
+    print(f"\n{sessions} concurrent sessions x {mb} MB (each from its own address): {elapsed:.1f} s, "
+          f"{len(failures)} failures, {queued} of {sessions} files queued, {duplicated} queued twice, "
+          f"daemon peak RSS {peak:.0f} MB, daemon CPU {cpu:.1f} s{limit}", flush=True)  # fmt: skip
+    for failure in failures[:5]:
+        print("  failure:", failure)
+    refusals = _refusals(step / "orgsyncd.log")
+    if refusals:
+        print("  connections the daemon refused or dropped:", refusals)
 
 
-def _rss_kib(pid: int) -> int:
+def _queued_uploads(data: Path, sessions: int, wait_s: float = 30.0) -> tuple[int, int]:
+    """(files with a job, files with more than one), once every file is queued or *wait_s* passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with sqlite3.connect(data / "orgsyncd.db") as conn:
+            rows = conn.execute(
+                "SELECT COUNT(*) FROM job WHERE file_name LIKE 'c____.csv' GROUP BY file_name"
+            ).fetchall()
+        if len(rows) >= sessions or time.monotonic() > deadline:
+            return len(rows), sum(1 for (count,) in rows if count > 1)
+        time.sleep(0.5)
+
+
+def _refusals(log: Path) -> dict[str, int]:
+    """What the daemon's gate and timeouts did, from its JSON log."""
+    found: dict[str, int] = {}
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if '"connection_refused"' in line or '"startup_evicted"' in line or "login_timeout" in line.lower():
+            event = json.loads(line)
+            key = event.get("limit") or event["event"]
+            found[key] = found.get(key, 0) + 1
+    return found
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_kib(pid: int, field: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
 
 
-def _queued_uploads(data: Path) -> int:
-    with sqlite3.connect(data / "orgsyncd.db") as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM job WHERE file_name LIKE 'c____.csv'").fetchone()[0])
+class MemoryCgroup:
+    """A memory cgroup for the daemon, limited like the unit's MemoryMax= (cgroup v2, else v1)."""
+
+    def __init__(self, path: Path, v2: bool, limit: str) -> None:
+        self.path, self.v2, self.limit = path, v2, limit
+
+    def join(self) -> None:
+        """Move the calling process in (run in the child between fork and exec)."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def report(self) -> str:
+        if self.v2:
+            peak = _read_int(self.path / "memory.peak")
+            counters = (self.path / "memory.events").read_text()
+        else:
+            peak = _read_int(self.path / "memory.max_usage_in_bytes")
+            counters = (self.path / "memory.oom_control").read_text()
+        ooms = dict(line.split() for line in counters.splitlines()).get("oom_kill", "0")
+        return f"; cgroup limit {self.limit}: peak {peak / 2**20:.0f} MB with page cache, {ooms} OOM kills"
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError):
+        return 0
+
+
+@contextmanager
+def memory_cgroup(limit: str | None) -> Iterator[MemoryCgroup | None]:
+    """A child of this process's own memory cgroup, removed afterwards."""
+    if not limit:
+        yield None
+        return
+    own = Path("/proc/self/cgroup").read_text().splitlines()
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    if v2:
+        base = Path("/sys/fs/cgroup") / own[0].split("::", 1)[1].strip("/")
+    else:
+        line = next(entry for entry in own if entry.split(":")[1] == "memory")
+        base = Path("/sys/fs/cgroup/memory") / line.split(":", 2)[2].strip("/")
+    path = base / f"orgsyncd-bench-{os.getpid()}"
+    path.mkdir()
+    try:
+        (path / ("memory.max" if v2 else "memory.limit_in_bytes")).write_text(str(_bytes(limit)))
+        yield MemoryCgroup(path, v2, limit)
+    finally:
+        _remove_cgroup(path)
+
+
+def _remove_cgroup(path: Path) -> None:
+    for _ in range(100):  # emptying a group takes the kernel a moment after its last process
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+    print(f"  could not remove cgroup {path}", file=sys.stderr)
+
+
+def _bytes(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
+
+
+# -- half-open handshakes: a tenant still logs in ---------------------------------------------------
+
+
+def half_open_step(work: Path, key: Path, public: str, count: int, spread: bool) -> None:
+    """*count* connections that send the SSH banner and then nothing, held open; meanwhile a
+    tenant logs in and uploads. From one address, or each from its own (a botnet's flood)."""
+    step = work / f"half-open-{count}-{'spread' if spread else 'one'}"
+    step.mkdir()
+    with orgsyncd_serve(step, public) as (port, proc, _):
+        held: list[socket.socket] = []
+        for i in range(count):
+            sock = socket.socket()
+            sock.bind((source_address(i) if spread else "127.0.0.2", 0))
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"SSH-2.0-halfopen\r\n")
+            held.append(sock)
+        time.sleep(1.0)  # let the daemon answer (or refuse) every one of them
+        alive = sum(1 for sock in held if _still_open(sock))
+        started = time.perf_counter()
+        client = connect_from("127.0.0.1", port, key, timeout=30)
+        client.open_sftp().putfo(io.BytesIO(b"primary_email_address\nt@example.com\n"), "/inbox/tenant.csv")
+        client.close()
+        login_s = time.perf_counter() - started
+        rss = _status_kib(proc.pid, "VmHWM") / 1024
+        for sock in held:
+            sock.close()
+    where = "each from its own address" if spread else "from one address"
+    print(f"\n{count} half-open handshakes held {where}: {alive} still open after 1 s; a tenant logged in "
+          f"and uploaded in {login_s:.2f} s (target < 5 s); daemon peak RSS {rss:.0f} MB", flush=True)  # fmt: skip
+
+
+def _still_open(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 def main() -> None:
@@ -263,20 +436,37 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=2, help="best of N uploads per cell")
-    parser.add_argument("--sessions", type=int, default=200)
-    parser.add_argument("--session-mb", type=int, default=1)
+    parser.add_argument("--no-throughput", action="store_true", help="skip the comparison with OpenSSH")
+    parser.add_argument(
+        "--concurrency", default="500x1,200x5", help="SESSIONSxMB steps, comma-separated ('' skips)"
+    )
+    parser.add_argument("--half-open", type=int, default=300, help="half-open handshakes (0 skips)")
+    parser.add_argument(
+        "--memory-max",
+        default=None,
+        help="run the concurrency steps in a memory cgroup limited to this (e.g. 1G, the unit's MemoryMax=)",
+    )
+    parser.add_argument("--sftp", action="append", default=[], metavar="KEY=VALUE",
+                        help="an [sftp] setting for orgsyncd (a TOML value), e.g. max_startups=1000")  # fmt: skip
     args = parser.parse_args()
-    ensure_openssh_server()
-    if shutil.which("sftp") is None:
-        sys.exit("the OpenSSH sftp client is needed (apt-get install openssh-client)")
+    SFTP_OPTIONS.extend(setting.replace("=", " = ", 1) for setting in args.sftp)
     with tempfile.TemporaryDirectory(prefix="orgsyncd-sftp-bench-") as tmp:
         work = Path(tmp)
         key = work / "client_ed25519"
         public = write_key(key)
-        user = os.environ.get("USER") or "root"
-        with private_sshd(work, public) as ssh_port, orgsyncd_serve(work, public) as (org_port, proc, data):
-            throughput(args, work, key, user, ssh_port, org_port)
-            concurrent(args, work, key, org_port, proc, data)
+        if not args.no_throughput:
+            ensure_openssh_server()
+            if shutil.which("sftp") is None:
+                sys.exit("the OpenSSH sftp client is needed (apt-get install openssh-client)")
+            user = os.environ.get("USER") or "root"
+            with private_sshd(work, public) as ssh_port, orgsyncd_serve(work, public) as (org_port, _, _):
+                throughput(args, work, key, user, ssh_port, org_port)
+        for step in filter(None, args.concurrency.split(",")):
+            sessions, mb = (int(part) for part in step.lower().split("x"))
+            concurrent_step(work, key, public, sessions, mb, args.memory_max)
+        if args.half_open:
+            half_open_step(work, key, public, args.half_open, spread=False)
+            half_open_step(work, key, public, args.half_open, spread=True)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,11 @@ class SftpConfig(_Section):
     ban_s: float = Field(default=900.0, ge=0)
     max_sessions_per_tenant: int = Field(default=8, ge=1)
     resume_window_s: float = Field(default=3600.0, ge=0)
+    upload_buffer_bytes: int = Field(default=64 * 1024**2, ge=1024**2)
+    max_connections: int = Field(default=1000, ge=0)
+    max_connections_per_address: int = Field(default=50, ge=0)
+    max_startups: int = Field(default=500, ge=0)
+    max_startups_per_address: int = Field(default=20, ge=0)
 
     @field_validator("listen")
     @classmethod

@@ -116,6 +116,12 @@ class Metrics:
         self._auth_failures = Counter(
             "orgsyncd_sftp_auth_failures", "Failed SFTP logins.", registry=self.registry
         )
+        self._refused = Counter(
+            "orgsyncd_sftp_connections_refused",
+            "SFTP connections refused or dropped before login, by the limit that applied.",
+            ["limit"],
+            registry=self.registry,
+        )
         self._bans = Counter(
             "orgsyncd_sftp_bans",
             "Client addresses refused after too many failed logins.",
@@ -150,6 +156,9 @@ class Metrics:
 
     def peer_banned(self) -> None:
         self._bans.inc()
+
+    def connection_refused(self, limit: str) -> None:
+        self._refused.labels(limit=limit).inc()
 
     def start_http(self, listen: str = DEFAULT_LISTEN) -> MetricsServer:
         """Serve ``/metrics`` on *listen* (``HOST:PORT``; port 0 picks a free port) in a thread."""

@@ -23,8 +23,10 @@ from typing import Protocol, TypeVar, TypeVarTuple, cast
 
 import asyncssh
 import structlog
+from asyncssh.channel import SSHChannel
+from asyncssh.stream import SSHServerStreamSession  # runs the SFTP server on a channel we open
 
-from orgsyncd.config import Settings, TenantConfig
+from orgsyncd.config import Settings, SftpConfig, TenantConfig
 from orgsyncd.ingest.auth import (
     BanList,
     burn_password_check,
@@ -34,6 +36,7 @@ from orgsyncd.ingest.auth import (
     verify_password,
 )
 from orgsyncd.ingest.hostkey import ensure_host_key
+from orgsyncd.ingest.limits import ConnectionGate, GateLimits, WindowPool, WriteBudget
 from orgsyncd.ingest.tenantfs import (
     Download,
     Handle,
@@ -108,8 +111,13 @@ _KEEPALIVE_COUNT_MAX = 3
 # Written bytes allowed to pile up in the page cache before a background fdatasync: the disk works
 # while the network does, and the fsync at close has little left to do.
 _FLUSH_EVERY = 32 * 1024 * 1024
-# Write-behind queue per upload (see writer.py); bounds memory per open upload.
+# Write-behind queue per upload (see writer.py), within the server-wide upload_buffer_bytes.
 _MAX_QUEUED_WRITES = 4 * 1024 * 1024
+# Connections the kernel may hold before we accept them: a herd of HRIS jobs at the top of the hour
+# waits here instead of seeing dropped SYNs and resets (asyncssh's default is 100).
+_LISTEN_BACKLOG = 1024
+# Session channels one connection may open (OpenSSH's MaxSessions is 10; SFTP clients use one).
+_MAX_CHANNELS_PER_CONNECTION = 4
 _IO_THREADS = 16
 # Few: scrypt is deliberately slow and memory-hungry, and guessing must not starve file I/O.
 _AUTH_THREADS = 2
@@ -128,6 +136,7 @@ class SftpMetrics(Protocol):
     def bytes_received(self, n: int) -> None: ...
     def auth_failed(self) -> None: ...
     def peer_banned(self) -> None: ...
+    def connection_refused(self, limit: str) -> None: ...
 
 
 class NullSftpMetrics:
@@ -147,6 +156,18 @@ class NullSftpMetrics:
 
     def peer_banned(self) -> None:
         pass
+
+    def connection_refused(self, limit: str) -> None:
+        pass
+
+
+def gate_limits(sftp: SftpConfig) -> GateLimits:
+    return GateLimits(
+        max_connections=sftp.max_connections,
+        max_connections_per_address=sftp.max_connections_per_address,
+        max_startups=sftp.max_startups,
+        max_startups_per_address=sftp.max_startups_per_address,
+    )
 
 
 class SftpServer:
@@ -173,9 +194,9 @@ class SftpServer:
             sftp.host if host is None else host,
             sftp.port if port is None else port,
             reuse_address=True,
+            backlog=_LISTEN_BACKLOG,
             config=None,  # never read /etc/ssh/sshd_config: every option is set here
-            server_factory=hub.new_login,
-            sftp_factory=hub.new_sftp,
+            server_factory=hub.new_login,  # which opens SFTP channels itself, each with its window
             server_host_keys=[key],
             server_version=SERVER_VERSION,
             kex_algs=list(KEX_ALGS),
@@ -241,6 +262,10 @@ class _Hub:
         # Fixed at construction: moving the data directory under live sessions needs a restart.
         self.data_dir = settings.daemon.data_dir
         self.bans = BanList(settings.sftp.max_auth_failures_per_ip, settings.sftp.ban_s)
+        self.gate = ConnectionGate(gate_limits(settings.sftp))
+        # Fixed at construction: the memory they bound is sized at start.
+        self.budget = WriteBudget(settings.sftp.upload_buffer_bytes)
+        self.windows = WindowPool(settings.sftp.upload_buffer_bytes)
         self.logins: dict[asyncssh.SSHServerConnection, _Login] = {}
         self.sftp_sessions: set[_TenantSftp] = set()
         self._sessions: Counter[str] = Counter()
@@ -271,7 +296,8 @@ class _Hub:
     def new_login(self) -> _Login:
         return _Login(self)
 
-    def new_sftp(self, chan: asyncssh.SSHServerChannel[bytes]) -> _TenantSftp:
+    def new_sftp(self, chan: SSHChannel[bytes]) -> _TenantSftp:
+        chan = cast(asyncssh.SSHServerChannel[bytes], chan)
         login = self.logins.get(cast(asyncssh.SSHServerConnection, chan.get_connection()))
         session = _TenantSftp(chan, self, login)
         self.sftp_sessions.add(session)
@@ -364,11 +390,13 @@ class _Hub:
         old = self.settings
         self.settings = settings
         self.bans.configure(settings.sftp.max_auth_failures_per_ip, settings.sftp.ban_s)
+        self.gate.configure(gate_limits(settings.sftp))
         fixed = {
             "daemon.data_dir": (old.daemon.data_dir, settings.daemon.data_dir),
             "sftp.listen": (old.sftp.listen, settings.sftp.listen),
             "sftp.host_key": (old.sftp.host_key, settings.sftp.host_key),
             "sftp.login_timeout_s": (old.sftp.login_timeout_s, settings.sftp.login_timeout_s),
+            "sftp.upload_buffer_bytes": (old.sftp.upload_buffer_bytes, settings.sftp.upload_buffer_bytes),
         }
         changed = sorted(key for key, (before, after) in fixed.items() if before != after)
         if changed:
@@ -404,6 +432,7 @@ class _Login(asyncssh.SSHServer):
         self.tenant: str | None = None
         self.fs: TenantFS | None = None
         self.last_activity = time.monotonic()
+        self._windows: dict[asyncssh.SSHServerChannel[bytes], int] = {}  # taken from the pool
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -427,9 +456,28 @@ class _Login(asyncssh.SSHServer):
             log.info("peer_refused", peer=self.peer)
             conn.abort()
             return
+        admission = self._hub.gate.admit(self, self.peer)
+        if not admission.admitted:
+            self._hub.metrics.connection_refused(admission.refused or "")
+            log.info("connection_refused", peer=self.peer, limit=admission.refused)
+            conn.abort()
+            return
+        if isinstance(admission.evict, _Login):
+            admission.evict.evicted()
         self._hub.logins[conn] = self
 
+    def evicted(self) -> None:
+        """Dropped while still logging in, to make room for a newer connection."""
+        self._hub.metrics.connection_refused("evicted")
+        log.info("startup_evicted", peer=self.peer)
+        if self._conn is not None:
+            self._conn.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._hub.gate.release(self)
+        for window in self._windows.values():
+            self._hub.windows.give(window)
+        self._windows.clear()
         if self._conn is not None:
             self._hub.logins.pop(self._conn, None)
         if self.tenant is not None:
@@ -501,8 +549,33 @@ class _Login(asyncssh.SSHServer):
             self.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many sessions for this login")
             return
         self.tenant, self.fs = tenant, self._candidate_fs
+        self._hub.gate.logged_in(self)
         self.touch()
         log.info("sftp_login", tenant=tenant, peer=self.peer)
+
+    # -- the SFTP channel ------------------------------------------------------------------------
+
+    def session_requested(
+        self,
+    ) -> tuple[asyncssh.SSHServerChannel[bytes], SSHServerStreamSession[bytes]] | bool:
+        """A session channel, with a receive window from the server-wide pool: what its client may
+        send before it is asked for more is memory this server holds, so many sessions at once
+        each get less (throughput of a single upload keeps the full window)."""
+        if self._conn is None or self.tenant is None:
+            return False
+        if len(self._windows) >= _MAX_CHANNELS_PER_CONNECTION:
+            log.warning("channel_limit", tenant=self.tenant, peer=self.peer)
+            return False
+        window = self._hub.windows.take()
+        chan = self._conn.create_server_channel(window=window)
+        self._windows[chan] = window
+        # SFTP only: no shell or exec (no session factory), no scp.
+        return chan, SSHServerStreamSession(None, self._hub.new_sftp, sftp_version=3, allow_scp=False)
+
+    def release_window(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        window = self._windows.pop(chan, None)
+        if window is not None:
+            self._hub.windows.give(window)
 
     # -- everything but SFTP is refused ----------------------------------------------------------
 
@@ -605,6 +678,7 @@ class _TenantSftp(asyncssh.SFTPServer):
             self._hub.run_io,
             functools.partial(fs.write_chunks, upload),
             functools.partial(fs.flush, upload),
+            budget=self._hub.budget,
             max_queued=_MAX_QUEUED_WRITES,
             flush_every=_FLUSH_EVERY,
         )
@@ -794,6 +868,8 @@ class _TenantSftp(asyncssh.SFTPServer):
 
     def exit(self) -> None:
         self._hub.sftp_sessions.discard(self)
+        if self._login is not None:
+            self._login.release_window(self.channel)
         self.ended.set()
 
 

@@ -3,8 +3,10 @@
 SFTP serves one request at a time per session. Waiting for a thread to ``pwrite`` each 32 KiB
 packet (paramiko's size) costs a thread round trip per packet, which measured at ~40% of upload
 throughput. Instead :meth:`UploadWriter.write` queues the bytes and returns; one job at a time in the
-I/O thread pool applies everything queued so far. The queue is bounded (backpressure: ``write``
-waits while it is full), a failed write is raised by the next ``write`` and by :meth:`settle`, and
+I/O thread pool applies everything queued so far. The queue is bounded twice (backpressure:
+``write`` waits): per upload, and by the server-wide :class:`~orgsyncd.ingest.limits.WriteBudget`
+every queued byte is taken from until it is on disk, so all uploads together hold at most that
+much. A failed write is raised by the next ``write`` and by :meth:`settle`, and
 the caller settles before it reads, stats, commits or discards the file. Nothing is lost by
 acknowledging early: a file is published only by a close that settled without error.
 
@@ -19,6 +21,8 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 
+from orgsyncd.ingest.limits import WriteBudget
+
 Chunk = tuple[int, bytes]
 Runner = Callable[[Callable[[], None]], Awaitable[None]]
 
@@ -30,10 +34,12 @@ class UploadWriter:
         apply: Callable[[list[Chunk]], None],
         flush: Callable[[], None],
         *,
+        budget: WriteBudget,
         max_queued: int,
         flush_every: int,
     ) -> None:
         self._run = run
+        self._budget = budget
         self._apply = apply
         self._flush = flush
         self._max_queued = max_queued
@@ -47,8 +53,12 @@ class UploadWriter:
         self._progress = asyncio.Event()
 
     async def write(self, offset: int, data: bytes) -> None:
-        """Queue *data* at *offset*; waits only while the queue is full."""
+        """Queue *data* at *offset*; waits only while the queue or the budget is full."""
         self._raise_error()
+        await self._budget.acquire(len(data))
+        if self._error is not None:  # failed while we waited: nothing more will be written
+            self._budget.release(len(data))
+            self._raise_error()
         self._queue.append((offset, data))
         self._queued += len(data)
         if self._drainer is None or self._drainer.done():
@@ -76,12 +86,25 @@ class UploadWriter:
                 await self._run(functools.partial(self._apply, batch))
             except OSError as exc:
                 self._error = exc
-                self._queue.clear()
-                self._queued = 0
+                self._give_back(batch)
+            except BaseException:
+                self._give_back(batch)  # cancelled at shutdown: the budget must not leak
+                raise
             else:
                 self._queued -= size
                 self._note_written(size)
+                self._release(batch)
             self._progress.set()
+
+    def _give_back(self, batch: list[Chunk]) -> None:
+        """After a failure nothing queued will be written: drop it, and its share of the budget."""
+        self._release(batch + self._queue)
+        self._queue = []
+        self._queued = 0
+
+    def _release(self, chunks: list[Chunk]) -> None:
+        for _, data in chunks:
+            self._budget.release(len(data))
 
     def _note_written(self, size: int) -> None:
         self._unflushed += size

@@ -19,6 +19,7 @@ from orgsyncd.ingest.auth import (
     parse_password_hash,
     verify_password,
 )
+from orgsyncd.ingest.limits import Admission, ConnectionGate, GateLimits, WindowPool, WriteBudget
 from orgsyncd.ingest.tenantfs import VPath, parse_vpath, virtual_realpath
 from orgsyncd.ingest.writer import Chunk, UploadWriter
 from orgsyncd.paths import VISIBLE_DIRS
@@ -167,12 +168,15 @@ class GatedRunner:
         fn()
 
 
-def _writer(run: GatedRunner, applied: list[Chunk], **limits: int) -> UploadWriter:
+def _writer(
+    run: GatedRunner, applied: list[Chunk], budget: WriteBudget | None = None, **limits: int
+) -> UploadWriter:
     flushes = limits.pop("flushes_into", None)
     return UploadWriter(
         run,
         applied.extend,
         (lambda: None) if flushes is None else (lambda: applied.append((-1, b"flush"))),
+        budget=budget or WriteBudget(10**9),
         max_queued=limits.get("max_queued", 1000),
         flush_every=limits.get("flush_every", 10**9),
     )
@@ -217,7 +221,10 @@ def test_a_failed_write_is_raised_by_the_next_write_and_by_settle() -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     async def scenario() -> None:
-        writer = UploadWriter(GatedRunner(), disk_full, lambda: None, max_queued=1000, flush_every=10**9)
+        budget = WriteBudget(1000)
+        writer = UploadWriter(
+            GatedRunner(), disk_full, lambda: None, budget=budget, max_queued=1000, flush_every=10**9
+        )
         await writer.write(0, b"abc")
         await asyncio.sleep(0.01)
         with pytest.raises(OSError) as later:
@@ -225,6 +232,7 @@ def test_a_failed_write_is_raised_by_the_next_write_and_by_settle() -> None:
         assert later.value.errno == errno.ENOSPC
         with pytest.raises(OSError):
             await writer.settle()
+        assert budget.in_use == 0  # what failed gave its share back
 
     asyncio.run(scenario())
 
@@ -242,3 +250,147 @@ def test_written_bytes_are_flushed_in_the_background() -> None:
 
     asyncio.run(scenario())
     assert applied[-1] == (-1, b"flush")
+
+
+async def _spin() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_one_budget_holds_back_every_upload_until_bytes_are_on_disk() -> None:
+    run = GatedRunner(open_=False)
+    applied: list[Chunk] = []
+
+    async def scenario() -> None:
+        budget = WriteBudget(100)
+        first, second = _writer(run, applied, budget), _writer(run, applied, budget)
+        await first.write(0, b"a" * 100)  # the whole budget, acknowledged at once
+        assert budget.in_use == 100
+        blocked = asyncio.ensure_future(second.write(0, b"b"))  # another upload must wait
+        await _spin()
+        assert not blocked.done() and applied == []
+        run.gate.set()
+        await blocked
+        await first.settle()
+        await second.settle()
+        assert budget.in_use == 0
+
+    asyncio.run(scenario())
+    assert sorted(applied) == [(0, b"a" * 100), (0, b"b")]
+
+
+def test_the_budget_serves_waiters_in_order_and_a_write_larger_than_it_still_goes() -> None:
+    async def scenario() -> None:
+        budget = WriteBudget(10)
+        await budget.acquire(8)
+        order: list[str] = []
+
+        async def take(name: str, size: int) -> None:
+            await budget.acquire(size)
+            order.append(name)
+
+        big = asyncio.ensure_future(take("big", 50))  # costs the whole budget, not more
+        small = asyncio.ensure_future(take("small", 1))  # fits now, but queues behind big
+        await _spin()
+        assert order == []
+        budget.release(8)
+        await _spin()
+        assert order == ["big"]
+        budget.release(50)
+        await _spin()
+        assert order == ["big", "small"] and budget.in_use == 1
+        await asyncio.gather(big, small)
+
+    asyncio.run(scenario())
+
+
+def test_a_write_cancelled_while_waiting_for_budget_leaks_nothing() -> None:
+    async def scenario() -> None:
+        budget = WriteBudget(10)
+        await budget.acquire(10)
+        waiting = asyncio.ensure_future(budget.acquire(5))
+        behind = asyncio.ensure_future(budget.acquire(5))
+        await _spin()
+        waiting.cancel()  # its session ended
+        await _spin()
+        budget.release(10)
+        await behind
+        assert budget.in_use == 5
+        budget.release(5)
+        assert budget.in_use == 0
+
+    asyncio.run(scenario())
+
+
+LIMITS = GateLimits(
+    max_connections=6, max_connections_per_address=3, max_startups=4, max_startups_per_address=2
+)
+
+
+def test_one_address_cannot_take_more_than_its_share() -> None:
+    gate = ConnectionGate(LIMITS)
+    assert gate.admit("a1", "10.0.0.1").admitted and gate.admit("a2", "10.0.0.1").admitted
+    assert gate.admit("a3", "10.0.0.1") == Admission(refused="max_startups_per_address")
+    gate.logged_in("a1")
+    assert gate.admit("a3", "10.0.0.1").admitted  # a login frees a startup slot ...
+    gate.logged_in("a2")
+    assert gate.admit("a4", "10.0.0.1") == Admission(refused="max_connections_per_address")
+    gate.release("a1")
+    gate.release("a1")  # ... and a closed connection its address slot, once
+    assert gate.admit("a4", "10.0.0.1").admitted
+    assert gate.admit("b1", "10.0.0.2").admitted  # other addresses are not affected
+
+
+def test_a_full_server_drops_its_oldest_startup_for_a_newcomer_never_a_logged_in_one() -> None:
+    gate = ConnectionGate(LIMITS)
+    for index, peer in enumerate(["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]):
+        assert gate.admit(f"flood{index}", peer).admitted
+    assert gate.admit("tenant", "10.0.0.9") == Admission(evict="flood0")  # startups full
+    gate.logged_in("tenant")
+    assert gate.startups == 3 and gate.connections == 4
+    for index in range(2):
+        gate.logged_in(f"flood{index + 1}")
+    assert gate.admit("x", "10.0.0.5") == Admission()
+    assert gate.admit("y", "10.0.0.6") == Admission()  # 6 connections: the total is reached
+    assert gate.admit("z", "10.0.0.7") == Admission(evict="flood3")  # oldest still logging in
+    for key in ("x", "y", "z"):
+        gate.logged_in(key)
+    assert gate.admit("late", "10.0.0.8") == Admission(refused="max_connections")
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["admit", "login", "close"]), st.integers(0, 15), st.integers(0, 3)))
+)
+def test_the_gate_never_exceeds_a_limit(steps: list[tuple[str, int, int]]) -> None:
+    gate = ConnectionGate(LIMITS)
+    peers: dict[int, str] = {}
+    open_: set[int] = set()
+    for action, key, address in steps:
+        if action == "admit" and key not in open_:
+            admission = gate.admit(key, f"10.0.0.{address}")
+            if admission.evict is not None:
+                open_.discard(admission.evict)  # type: ignore[arg-type]
+            if admission.admitted:
+                open_.add(key)
+                peers[key] = f"10.0.0.{address}"
+        elif action == "login" and key in open_:
+            gate.logged_in(key)
+        elif action == "close":
+            gate.release(key)
+            open_.discard(key)
+        assert gate.connections == len(open_) <= LIMITS.max_connections
+        assert gate.startups <= LIMITS.max_startups
+        for peer in set(peers.values()):
+            assert sum(1 for k in open_ if peers[k] == peer) <= LIMITS.max_connections_per_address
+
+
+def test_windows_shrink_as_the_pool_is_used_and_come_back_when_given() -> None:
+    pool = WindowPool(16 * 2**20, min_window=64 * 2**10, max_window=2 * 2**20)
+    windows = [pool.take() for _ in range(40)]
+    assert windows[0] == 2 * 2**20  # a lone upload gets the full window
+    assert windows == sorted(windows, reverse=True) and windows[-1] == 64 * 2**10
+    assert all(w % (64 * 2**10) == 0 for w in windows)
+    assert pool.in_use <= pool.capacity + 40 * 64 * 2**10  # overdrawn by the floor at most
+    for window in windows:
+        pool.give(window)
+    assert pool.in_use == 0 and pool.take() == 2 * 2**20

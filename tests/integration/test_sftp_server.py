@@ -76,6 +76,9 @@ class CountingMetrics:
     def peer_banned(self) -> None:
         self.counts["banned"] += 1
 
+    def connection_refused(self, limit: str) -> None:
+        self.counts[f"refused:{limit}"] += 1
+
 
 class LoopThread:
     """An event loop in a daemon thread, like the daemon's, driven from the test thread."""
@@ -837,6 +840,35 @@ def test_sessions_per_tenant_are_limited(env: Env) -> None:
     with connect(env) as again:
         assert again.listdir("/inbox") == []
     assert env.metrics.counts["opened"] == 4
+
+
+def test_sessions_share_one_window_pool_and_give_their_window_back(env: Env) -> None:
+    env.start(env.settings(upload_buffer_bytes=2**20, max_sessions_per_tenant=20))
+    with contextlib.ExitStack() as stack:
+        sessions = [stack.enter_context(connect(env)) for _ in range(6)]
+        # What the server granted, in 64 KiB steps (the SFTP handshake has used a few bytes).
+        windows = [-(-sftp.get_channel().out_window_size // 65536) * 64 for sftp in sessions]
+        assert windows == [128, 64, 64, 64, 64, 64]  # an eighth of the free pool, down to a floor
+        for index, sftp in enumerate(sessions):
+            sftp.putfo(io.BytesIO(payload(300_000)), f"/inbox/w{index}.csv")  # small windows work
+    assert len(env.uploads) == 6
+    wait_until(lambda: env.session_count() == 0, "sessions to close")
+    with connect(env) as sftp:
+        assert -(-sftp.get_channel().out_window_size // 65536) * 64 == 128  # given back at the end
+
+
+def test_one_connection_cannot_open_channels_without_end(server: Env) -> None:
+    client = ssh_client(server.port, "acme", pkey=server.keys.pkey("acme"))
+    try:
+        transport = client.get_transport()
+        assert transport is not None
+        channels = [transport.open_session() for _ in range(4)]
+        with pytest.raises(paramiko.ChannelException):
+            transport.open_session()
+        for channel in channels:
+            channel.close()
+    finally:
+        client.close()
 
 
 def test_idle_sessions_are_disconnected(env: Env) -> None:

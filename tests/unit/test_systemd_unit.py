@@ -98,6 +98,7 @@ REQUIRED = {
     "LockPersonality": "yes",
     "MemoryDenyWriteExecute": "yes",
     "SystemCallArchitectures": "native",
+    "MemoryMax": "1G",  # what bench/sftp_bench.py --memory-max and the SFTP abuse suite hold to
 }
 
 
