@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,12 +191,24 @@ CONNECT_WAIT_S = 10.0
 
 
 def ssh_client(
-    port: int, user: str, *, pkey: paramiko.PKey | None = None, password: str | None = None
+    port: int,
+    user: str,
+    *,
+    pkey: paramiko.PKey | None = None,
+    password: str | None = None,
+    source: str | None = None,
 ) -> paramiko.SSHClient:
-    """A paramiko client logged in to the SFTP server on 127.0.0.1 (no agent, no ~/.ssh keys)."""
+    """A paramiko client logged in to the SFTP server on 127.0.0.1 (no agent, no ~/.ssh keys).
+
+    *source*: connect from this loopback address (any of 127/8 works on Linux), to act as
+    another client host.
+    """
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    sock = None
     try:
+        if source is not None:
+            sock = socket.create_connection(("127.0.0.1", port), CONNECT_WAIT_S, (source, 0))
         client.connect(
             "127.0.0.1",
             port,
@@ -207,18 +220,26 @@ def ssh_client(
             timeout=CONNECT_WAIT_S,
             banner_timeout=CONNECT_WAIT_S,
             auth_timeout=CONNECT_WAIT_S,
+            sock=sock,
         )
     except BaseException:
         client.close()
+        if sock is not None:
+            sock.close()
         raise
     return client
 
 
 @contextlib.contextmanager
 def sftp_session(
-    port: int, user: str, *, pkey: paramiko.PKey | None = None, password: str | None = None
+    port: int,
+    user: str,
+    *,
+    pkey: paramiko.PKey | None = None,
+    password: str | None = None,
+    source: str | None = None,
 ) -> Iterator[paramiko.SFTPClient]:
-    client = ssh_client(port, user, pkey=pkey, password=password)
+    client = ssh_client(port, user, pkey=pkey, password=password, source=source)
     try:
         with client.open_sftp() as sftp:
             yield sftp

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import re
 import secrets
 import shutil
 import stat
@@ -46,6 +47,7 @@ MAX_READ = 4 * 1024 * 1024
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _STAGING_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CLAIMED_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # (atime_ns, mtime_ns), either None when the client did not set it.
 Times = tuple[int | None, int | None]
@@ -105,10 +107,19 @@ Handle = Download | Upload
 
 
 def parse_vpath(raw: bytes) -> VPath:
-    """Normalise a client path; ``..`` stops at ``/`` and repeated slashes collapse."""
-    text = os.fsdecode(raw)
+    """Normalise a client path; ``..`` stops at ``/`` and repeated slashes collapse.
+
+    Names must be UTF-8 without control characters: they end up in the database, log lines and
+    results file names, where undecodable bytes or a newline would be trouble.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OSError(errno.EINVAL, "file names must be UTF-8") from None
     if "\x00" in text:
         raise OSError(errno.EINVAL, "file names cannot contain NUL")
+    if _CONTROL.search(text):
+        raise OSError(errno.EINVAL, "file names cannot contain control characters")
     normal = posixpath.normpath(posixpath.join("/", text))
     parts = tuple(p for p in normal.split("/") if p)
     if not parts:
@@ -135,6 +146,7 @@ class TenantFS:
         self.inbox = dirs.inbox
         self.staging = staging_dir(data_dir)
         self.partials = partial_dir(data_dir, tenant)
+        self.spool = dirs.spool
         self.max_file_bytes = max_file_bytes
         self.resume_window_s = resume_window_s
         self._real_root = os.path.realpath(self.root)
@@ -425,10 +437,25 @@ class TenantFS:
         if self._live_partial(vpath.parts[0]) is not None:
             return False
         self._require_regular(target, vpath)
-        if times is None:
+        current = os.lstat(target)
+        if times is None or not self._only_ours(current):
             return False
-        os.utime(target, ns=_times_ns(times, os.lstat(target)), follow_symlinks=False)
+        os.utime(target, ns=_times_ns(times, current), follow_symlinks=False)
         return True
+
+    def _only_ours(self, st: os.stat_result) -> bool:
+        """Whether changing this inode changes nothing but the tenant's upload: no other name has
+        it, except the spool's link of a queued file (which should keep the HRIS's time too). A
+        hard link planted from outside the tree is left alone."""
+        if st.st_nlink == 1:
+            return True
+        if st.st_nlink > 2:
+            return False
+        try:
+            with os.scandir(self.spool) as entries:
+                return any(entry.inode() == st.st_ino for entry in entries)
+        except FileNotFoundError:
+            return False
 
     # -- inbox housekeeping ------------------------------------------------------------------
 

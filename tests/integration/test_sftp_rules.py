@@ -125,9 +125,12 @@ def test_paths_outside_the_four_areas_do_not_exist(raw: bytes) -> None:
     assert refused.value.errno == errno.ENOENT
 
 
-def test_nul_in_a_path_is_invalid() -> None:
+@pytest.mark.parametrize(
+    "raw", [b"/inbox/a\x00b", b"/inbox/\xff\xfe.csv", b"/inbox/a\nb.csv", b"/inbox/\x1b[2J.csv"]
+)
+def test_nul_control_characters_and_bytes_that_are_not_utf8_are_invalid(raw: bytes) -> None:
     with pytest.raises(OSError) as refused:
-        parse_vpath(b"/inbox/a\x00b")
+        parse_vpath(raw)
     assert refused.value.errno == errno.EINVAL
 
 
