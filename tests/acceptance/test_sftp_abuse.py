@@ -352,3 +352,28 @@ def test_the_daemon_is_still_up_with_its_memory_bounded(target: Target) -> None:
     target.tenant_uploads("last.csv")
     growth_mb = (target.rss_kib("VmHWM") - target.baseline_rss_kib) / 1024
     assert growth_mb < RSS_GROWTH_MB, f"peak RSS grew by {growth_mb:.0f} MB under abuse"
+
+
+# -- long variant: the default limits, a larger flood --------------------------------------------
+
+
+@pytest.mark.slow
+def test_default_limits_hold_against_a_large_flood(daemons: Daemons, site: Site, keys: Keys) -> None:
+    daemon = daemons.start(["--config", str(site.config)])
+    target = Target(site, daemon, keys, site.root, 0)
+    target.tenant_uploads("warmup.csv")
+    target.baseline_rss_kib = target.rss_kib()
+    sockets: list[socket.socket] = []
+    with held(sockets):
+        for i in range(1500):  # 1500 hosts, three times max_startups
+            sockets.append(raw_connection(target.port, source(90, i), banner=i % 2 == 0))
+        for _ in range(1000):  # and one host trying for a thousand
+            with contextlib.suppress(OSError):
+                sockets.append(raw_connection(target.port, "127.91.0.1"))
+        time.sleep(1.0)
+        assert sum(1 for sock in sockets if still_open(sock)) <= 500  # max_startups
+        for attempt in range(5):
+            target.tenant_uploads(f"flooded-{attempt}.csv", source=f"127.92.0.{attempt + 1}")
+    assert daemon.proc.poll() is None
+    growth_mb = (target.rss_kib("VmHWM") - target.baseline_rss_kib) / 1024
+    assert growth_mb < RSS_GROWTH_MB, f"peak RSS grew by {growth_mb:.0f} MB under the flood"
