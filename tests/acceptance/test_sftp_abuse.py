@@ -273,9 +273,9 @@ def test_500_connections_from_one_address_leave_room_for_everyone_else(target: T
         with contextlib.suppress(OSError):  # refused outright: fine
             sockets.append(raw_connection(target.port, flood))
     with held(sockets):
-        time.sleep(0.5)
-        kept = sum(1 for sock in sockets if still_open(sock))
-        assert kept <= 4  # max_startups_per_address: the rest were refused before the banner
+        # max_startups_per_address: all but 4 are refused before the banner, once the daemon has
+        # accepted them (on a busy machine they may wait in the listen backlog a while).
+        wait_until(lambda: sum(1 for sock in sockets if still_open(sock)) <= 4, "the flood to be refused", 30)
         target.tenant_uploads("during-flood.csv")
     refused = target.daemon.events("connection_refused", peer=flood)
     assert len(refused) >= 490 and {e["limit"] for e in refused} == {"max_startups_per_address"}
@@ -295,14 +295,13 @@ def test_half_open_handshakes_held_open_do_not_lock_tenants_out(target: Target) 
     # newcomers, so a tenant arriving last still gets in.
     sockets = [raw_connection(target.port, source(60, i), banner=i % 2 == 0) for i in range(300)]
     with held(sockets):
-        time.sleep(0.5)
-        assert sum(1 for sock in sockets if still_open(sock)) <= 50  # max_startups
+        wait_until(lambda: sum(1 for sock in sockets if still_open(sock)) <= 50, "max_startups to hold", 30)
+        assert len(target.daemon.events("startup_evicted")) >= 250  # the oldest made room
         target.tenant_uploads("after-half-open.csv", source="127.61.0.1")
         # login_timeout_s (4 s): whatever is still held is closed by the daemon.
         wait_until(
             lambda: not any(still_open(sock) for sock in sockets), "half-open handshakes to time out", 15
         )
-    assert target.daemon.events("startup_evicted")
 
 
 # -- malformed protocol ---------------------------------------------------------------------------
@@ -370,8 +369,9 @@ def test_default_limits_hold_against_a_large_flood(daemons: Daemons, site: Site,
         for _ in range(1000):  # and one host trying for a thousand
             with contextlib.suppress(OSError):
                 sockets.append(raw_connection(target.port, "127.91.0.1"))
-        time.sleep(1.0)
-        assert sum(1 for sock in sockets if still_open(sock)) <= 500  # max_startups
+        wait_until(
+            lambda: sum(1 for sock in sockets if still_open(sock)) <= 500, "at most max_startups held", 60
+        )
         for attempt in range(5):
             target.tenant_uploads(f"flooded-{attempt}.csv", source=f"127.92.0.{attempt + 1}")
     assert daemon.proc.poll() is None
