@@ -198,6 +198,10 @@ class JobRunner:
             _unlink_inbox_copy(dirs.inbox / job.file_name, spool)
             _move_if_there(spool, archive_path(dirs, job.file_name, job.id))
         faults.checkpoint("after_archive")
+        # (a run killed mid-job leaves its progress file; the job is done now, whoever finished it)
+        progress = progress_path(dirs.spool, job.id)
+        for leftover in (progress, progress.with_name(progress.name + ".tmp")):
+            leftover.unlink(missing_ok=True)
         self.jobs.mark_finalized(job.id)
 
     # -- the import proper ------------------------------------------------------------------
