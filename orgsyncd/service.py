@@ -182,6 +182,10 @@ class Service:
         return self._register(tenant, spool, actor)
 
     def _register(self, tenant: str, spool: Path, actor: str | None = None) -> int | None:
+        try:  # the spool entry is a hard link of the upload: its mtime is when the upload completed
+            arrived = datetime.fromtimestamp(spool.stat().st_mtime, UTC)
+        except FileNotFoundError:
+            return None  # processed and archived meanwhile by whoever registered it
         sha256, size = sha256_file(spool)
         cfg = self.settings.tenant(tenant)
         deferred = cfg.cadence == "daily" or size > self.settings.daemon.daily_threshold_bytes
@@ -194,19 +198,41 @@ class Service:
             size=size,
             deferred=deferred,
             actor=actor or self.actor,
+            received_at=arrived,
         )
         if job_id is not None:
             log.info("job_queued", tenant=tenant, job_id=job_id, file=name, bytes=size, deferred=deferred)
         return job_id
 
-    def _register_orphans(self, tenant: str) -> None:
+    def _register_orphans(self, tenant: str, before: float | None = None) -> bool:
+        """Register spooled inputs that have no job (their queuer crashed, or is still hashing);
+        with ``before``, only those that arrived before that time. True when any was added."""
         spool_dir = self.dirs(tenant).spool
         if not spool_dir.is_dir():
-            return
+            return False
+        added = False
         for entry in spool_dir.iterdir():
             is_input = _SPOOL_SEP in entry.name and not entry.name.endswith(".tmp") and entry.is_file()
-            if is_input and not self.jobs.has_spool_path(str(entry)):
-                self._register(tenant, entry)
+            if not is_input or (before is not None and _mtime(entry) >= before):
+                continue
+            if not self.jobs.has_spool_path(str(entry)) and self._register(tenant, entry) is not None:
+                added = True
+        return added
+
+    def _queue_earlier_arrivals(self, tenant: str, head: JobRecord) -> bool:
+        """Before a tenant's head job runs, queue whatever arrived before it and is not a job yet
+        (another watcher or instance may be half-way through queuing it): True when that changed
+        the queue, so the head is read again."""
+        received = head.received_at
+        before = (received if received.tzinfo else received.replace(tzinfo=UTC)).timestamp()
+        added = False
+        inbox = self.dirs(tenant).inbox
+        for entry in sorted(inbox.iterdir(), key=_mtime) if inbox.is_dir() else []:
+            if _mtime(entry) < before and self.enqueue_file(tenant, entry) is not None:
+                added = True
+        # then the spool: what another queuer linked (even just now, after the inbox look) but has
+        # not registered yet
+        return self._register_orphans(tenant, before) or added
 
     def scan_inboxes(self, tenant: str | None = None, min_age_s: float = 0.0) -> list[int]:
         """Queue every complete file found in inboxes (start-up scan and periodic rescan); files
@@ -245,6 +271,8 @@ class Service:
         while not self.stop_requested.is_set() and (
             job := self.jobs.next_for_tenant(tenant, include_deferred)
         ):
+            if self._queue_earlier_arrivals(tenant, job):
+                continue
             summary = self._run_guarded(job)
             if summary is None:
                 return

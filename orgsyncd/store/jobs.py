@@ -238,8 +238,10 @@ class JobStore:
         size: int,
         deferred: bool,
         actor: str,
+        received_at: datetime | None = None,
     ) -> int | None:
-        """Insert a queued job; None when that spool file is already a job (queuing is idempotent)."""
+        """Insert a queued job; None when that spool file is already a job (queuing is idempotent).
+        ``received_at`` (when the upload was complete; default now) orders the tenant's queue."""
         tenant_id = self.tenant_id(tenant)
         now = utcnow()
         try:
@@ -258,7 +260,7 @@ class JobStore:
                         approved=False,
                         finalized=False,
                         attempts=0,
-                        received_at=now,
+                        received_at=received_at or now,
                     )
                     .returning(text("id"))
                 ).scalar_one()
@@ -307,7 +309,9 @@ class JobStore:
         """The head of a tenant's queue, or None when it is empty or blocked.
 
         A held job blocks everything after it, and so does a job deferred to the daily run when
-        the hourly run looks: files of one tenant never apply out of order.
+        the hourly run looks: files of one tenant never apply out of order. The order is the order
+        the uploads arrived in, not the order they were queued in: several watchers, rescans and
+        instances queue files concurrently, and the one that finishes hashing first inserts first.
         """
         tenant_id = self.tenant_id(tenant)
         with Session(self.engine) as session:
@@ -319,7 +323,7 @@ class JobStore:
             head = session.exec(
                 select(Job)
                 .where(Job.tenant_id == tenant_id, Job.status == QUEUED)
-                .order_by(col(Job.priority).desc(), col(Job.id))
+                .order_by(col(Job.priority).desc(), col(Job.received_at), col(Job.id))
                 .limit(1)
             ).first()
             if head is None or (head.deferred and not include_deferred):
