@@ -83,7 +83,9 @@ class Installation:
     def spool(self, tenant: str) -> Path:
         return self.data / "spool" / tenant
 
-    def write_config(self, sftp_port: int = 0, metrics_port: int = 0, **daemon: Any) -> None:
+    def write_config(
+        self, sftp_port: int = 0, metrics_port: int = 0, path: Path | None = None, **daemon: Any
+    ) -> Path:
         hour = (time.gmtime().tm_hour + 12) % 24  # the schedule never fires during a test
         settings = {"database_url": self.db_url, **self.daemon_extra, **daemon}
         lines = ["[daemon]", f'data_dir = "{self.data}"', f'hourly_cron = "0 {hour} * * *"']
@@ -99,7 +101,9 @@ class Installation:
                 "",
             ]
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config.write_text("\n".join(lines), encoding="utf-8")
+        target = path or self.config
+        target.write_text("\n".join(lines), encoding="utf-8")
+        return target
 
     # -- processes ---------------------------------------------------------------------------------
 
@@ -108,12 +112,12 @@ class Installation:
         return {**env, **extra}
 
     def popen(
-        self, *args: str, env: dict[str, str] | None = None, log: str = "cli"
+        self, *args: str, env: dict[str, str] | None = None, log: str = "cli", config: Path | None = None
     ) -> subprocess.Popen[bytes]:
         out = (self.root / f"{log}.out").open("ab")
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "orgsyncd", "--config", str(self.config), *args],
+                [sys.executable, "-m", "orgsyncd", "--config", str(config or self.config), *args],
                 cwd=self.root,
                 env=self.env(**(env or {})),
                 stdout=out,
@@ -246,7 +250,20 @@ def check_final(inst: Installation, work: Workload) -> Report:
             _check_results_match(inst, work, tenant, k, job, report)
         _check_inbox_and_spool_empty(inst, tenant, report)
         _check_no_stray_results(inst, tenant, {j.id for j in jobs}, report)
+        _check_apply_order(inst, work, tenant, report)
     return report
+
+
+def _check_apply_order(inst: Installation, work: Workload, tenant: str, report: Report) -> None:
+    """The files' changes were written in upload order (audit ids grow with time)."""
+    rows = inst.query(
+        "SELECT j.file_name, min(a.id) FROM audit_event a JOIN job j ON j.id = a.job_id "
+        "JOIN tenant t ON t.id = j.tenant_id WHERE t.name = :t GROUP BY j.file_name",
+        t=tenant,
+    )
+    order = [name for name, _ in sorted(rows, key=lambda row: row[1])]
+    if order != [work.name(k) for k in range(1, work.files + 1)]:
+        report.fail(f"{tenant}: files applied in the order {order}")
 
 
 def _by_file(jobs: list[Any], report: Report, tenant: str) -> dict[str, Any]:
