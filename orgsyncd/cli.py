@@ -237,6 +237,7 @@ def jobs_show(app: AppContext, job_id: int) -> None:
         }
         for event in store.events(job_id)
     ]
+    data["decisions"] = [record.as_dict() for record in app.service.decisions.of_job(job_id)]
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
@@ -244,8 +245,9 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
     data = asdict(job)
     for key in ("claim_token", "db_session"):  # internal to the claim
         data.pop(key)
-    for key in ("received_at", "started_at", "finished_at", "claimed_at", "lease_expires_at"):
+    for key in ("received_at", "started_at", "finished_at", "claimed_at", "lease_expires_at", "file_time"):
         data[key] = iso(data[key])
+    data["columns"] = json.loads(job.columns) if job.columns else None
     return data
 
 
@@ -278,6 +280,31 @@ def jobs_retry(app: AppContext, job_id: int) -> None:
     """Queue a failed job again (e.g. after fixing the tenant's configuration)."""
     job = app.service.retry(job_id, cli_actor())
     click.echo(f"job {job.id} queued again")
+
+
+@jobs.command("revert")
+@click.argument("job_id", type=int)
+@click.option("--dry-run", is_flag=True, help="Print what would be restored (CSV); change nothing.")
+@click.option("--force", is_flag=True, help="Revert even learners that later jobs changed too.")
+@pass_app
+def jobs_revert(app: AppContext, job_id: int, dry_run: bool, force: bool) -> None:
+    """Undo an applied job: every learner it changed goes back to how it was (a new job)."""
+    out = sys.stdout if dry_run else None
+    result = app.service.revert(job_id, cli_actor(), force=force, dry_run=dry_run, out=out)
+    if dry_run:
+        verb = "would restore" if result.status == "succeeded" else "would be refused:"
+        detail = (
+            f"{result.restored} learner(s) and deactivate {result.deactivated} it created"
+            if result.status == "succeeded"
+            else result.message
+        )
+        click.echo(f"dry run: job {result.target} {verb} {detail}; nothing was changed", err=True)
+        return
+    click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+    results = app.service.dirs(result.tenant).results
+    click.echo(f"results: {results}/revert-{result.target}.{result.job_id}.results.csv", err=True)
+    if result.status != "succeeded":
+        _fail(f"job {result.job_id} did not revert job {result.target} ({result.code}): {result.message}", 1)
 
 
 # -- export / learners --------------------------------------------------------------------------

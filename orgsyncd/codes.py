@@ -52,7 +52,14 @@ CODES: Final[dict[str, Code]] = {
         FILE, "a header cell cannot be used (a group column with no name, strict_headers)"
     ),
     "unknown_license": Code(FILE, "a licence column names a licence type the tenant does not have"),
-    "threshold_exceeded": Code(FILE, "a full file would deactivate too many learners; the job is held"),
+    "threshold_exceeded": Code(FILE, "the file would deactivate too many licensed learners; the job is held"),
+    "header_changed": Code(FILE, "a full file's columns differ from the last applied full file's; held"),
+    "stale_file": Code(FILE, "the file is older than the last applied file; the job is held"),
+    "empty_roster": Code(FILE, "a full file has a header but no rows; nothing was applied"),
+    "approval_refused": Code(FILE, "an approve-/reject- decision file changed nothing; the reason says why"),
+    "revert_conflict": Code(
+        JOB, "a revert was refused: later jobs changed the learners, or an identity clashes"
+    ),
     "rejected": Code(FILE, "an operator rejected the held job; nothing of it was applied"),
     "unknown_column": Code(FILE, "warning: a header column is not a roster column and was ignored"),
     "header_case": Code(FILE, "warning: a header column matched only by ignoring case"),
@@ -81,6 +88,7 @@ CODES: Final[dict[str, Code]] = {
     "approved": Code(JOB, "event: an operator released the held job; it applies at the next run"),
     "retried": Code(JOB, "event: an operator queued the failed job again"),
     "tenant_silent": Code(JOB, "notification: a tenant sent no file for silent_after_h hours"),
+    "reverted": Code(JOB, "event: the applied job was undone by a revert job; its status is now reverted"),
 }
 
 # Codes of errors that reach people only as one sentence on stderr (the CLI, a failed start-up),

@@ -162,6 +162,10 @@ class TenantConfig(_Section):
     inactive_group: str | None = None
     max_deactivation_ratio: float = Field(default=0.10, ge=0, le=1)
     max_deactivations: int | None = Field(default=None, ge=0)
+    deactivate_after_missing_runs: int = Field(default=1, ge=1)
+    hold_on_header_change: bool = False
+    hold_stale_files: bool = False
+    sftp_approval: bool = False
     strict_headers: bool = False
     blank_means: Literal["unchanged", "clear", "error"] = "unchanged"
     # The tenant's own file format (docs/tenant-formats.md).

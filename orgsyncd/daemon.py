@@ -281,8 +281,8 @@ class Daemon:
             # Exports and pruning do not depend on the imports having gone well.
             self.service.daily_maintenance()
 
-    def _on_upload(self, tenant: str, path: Path) -> None:
-        self.service.enqueue_file(tenant, path)
+    def _on_upload(self, tenant: str, path: Path, actor: str) -> None:
+        self.service.enqueue_file(tenant, path, actor)
 
     def _inboxes(self, settings: Settings) -> dict[str, Path]:
         return {name: self.service.dirs(name).inbox for name in settings.tenants}

@@ -10,21 +10,25 @@ next start. So a job is applied once and its result files appear once.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import starmap
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import Connection, Engine, text
 
 from orgsyncd import faults
 from orgsyncd.config import Settings, TenantConfig
+from orgsyncd.core import guards
+from orgsyncd.core.changes import PLAN_HEADER, ChangeWriter
 from orgsyncd.core.header import HeaderRules, Issue, Layout, analyse_header
 from orgsyncd.core.reader import Record, is_encrypted, line_ending
 from orgsyncd.core.report import HeldPlan, IssueGroup, ReportData, SeatUsage, render
@@ -39,12 +43,14 @@ from orgsyncd.paths import (
     atomic_replace,
     is_roster_name,
     mode_from_name,
+    plan_path,
     report_path,
     result_paths,
     tenant_dirs,
 )
 from orgsyncd.sources import RosterSource, TenantFormat, open_source, table_key, tenant_format
 from orgsyncd.store.db import import_cache, is_sqlite, write_transaction
+from orgsyncd.store.history import last_file_time, last_full_columns
 from orgsyncd.store.importer import (
     Applier,
     Plan,
@@ -65,7 +71,9 @@ from orgsyncd.store.jobs import (
     tenant_lock_key,
     utcnow,
 )
+from orgsyncd.store.plan_file import plan_changes
 from orgsyncd.store.reporting import plan_issues, seats_in_use
+from orgsyncd.store.revert import last_audit_id
 
 log = structlog.get_logger("orgsyncd.import")
 Progress = Callable[[int], None]
@@ -90,6 +98,7 @@ class _Run:
     started: datetime
     source: Path
     tracker: JobProgress
+    file_time: datetime | None = None  # the HRIS timestamp (hold_stale_files)
 
 
 def _request(
@@ -131,7 +140,8 @@ class JobRunner:
             job=job,
             tenant=tenant,
             dirs=dirs,
-            mode=mode or mode_from_name(job.file_name) or tenant.sync_mode,
+            # A held job re-runs in the mode it was planned in (an `import --mode` override too).
+            mode=mode or job.mode or mode_from_name(job.file_name) or tenant.sync_mode,
             started=utcnow(),
             source=self.input_path(job),
             tracker=JobProgress(
@@ -141,6 +151,7 @@ class JobRunner:
                 size=job.size,
                 path=progress_path(dirs.spool, job.id),
             ),
+            file_time=self.file_time(job.file_name, self.input_path(job)),
         )
         self.running[job.id] = run.tracker
         try:
@@ -174,7 +185,7 @@ class JobRunner:
             open_source(source, tenant_name, tenant, max_bytes=self._max_bytes) as roster,
         ):
             try:
-                staged = self._stage(conn, roster, tenant_name, tenant, progress)
+                staged = self._stage(conn, roster, tenant_name, tenant, progress, mode)
             except FileRejected as exc:
                 summary.status, summary.finished_at = "failed", utcnow()
                 summary.counts["error"] = 1
@@ -182,10 +193,22 @@ class JobRunner:
                 return summary
             request = _request(staged, tenant, tenant_id, 0, mode, approved=False)
             plan = Planner(conn, request).plan()
+            plan.holds += self._guards(conn, request, staged, self.file_time(source.name, source))
             self._fill(summary, plan, staged.layout.warnings)
             _note_delimiter(summary, tenant, roster)
             conn.rollback()
         return summary
+
+    def file_time(self, name: str, path: Path) -> datetime | None:
+        """A file's HRIS timestamp: from its name, else its mtime (kept by SFTP clients that
+        preserve times, and by ``orgsyncd import``'s copy)."""
+        found = guards.time_from_name(name, ZoneInfo(self.settings.daemon.timezone))
+        if found is not None:
+            return found
+        try:
+            return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except FileNotFoundError:
+            return None
 
     def finalize(self, job: JobRecord) -> None:
         """Move result files into results/ and the input into archive/. Idempotent."""
@@ -238,7 +261,7 @@ class JobRunner:
         with open_source(run.source, run.job.tenant, run.tenant, scratch, self._max_bytes) as source:
             try:
                 with conn.begin():
-                    staged = self._stage(conn, source, run.job.tenant, run.tenant, progress)
+                    staged = self._stage(conn, source, run.job.tenant, run.tenant, progress, run.mode)
             except FileRejected as exc:
                 drop_staging(conn)
                 conn.commit()
@@ -256,23 +279,38 @@ class JobRunner:
                     return None  # another process applied it while we were staging
                 run.tracker.phase_started("planning", staged.rows)
                 plan = Planner(conn, request).plan()
+                if not job.approved:
+                    plan.holds += self._guards(conn, request, staged, run.file_time)
                 faults.checkpoint("after_plan")
                 summary = self._summary(run)
                 self._fill(summary, plan, staged.layout.warnings)
                 _note_delimiter(summary, run.tenant, staged.source)
                 before = seats_in_use(conn, job.tenant_id)
                 after = before
-                if plan.held_reason is None:
+                audit: dict[str, int] = {}
+                if plan.holds:
+                    self._write_plan(conn, run, request, summary)
+                else:
+                    audit["audit_from"] = last_audit_id(conn) + 1
                     run.tracker.phase_started("applying")
                     Applier(conn, request).apply(plan.counts)
+                    audit["audit_to"] = last_audit_id(conn)
                     after = seats_in_use(conn, job.tenant_id)
                 faults.checkpoint("after_apply")
                 run.tracker.phase_started("writing_results", staged.rows)
-                self._write_results(run, summary, staged, conn, plan.default_outcome)
+                self._write_results(run, summary, staged, conn, plan.default_outcome, plan.holds)
                 issues = [*_file_issue_groups(staged.layout.warnings), *plan_issues(conn)]
                 self._write_report(run, summary, _seat_rows(run.tenant, before, after), issues, plan)
-                held_code = "threshold_exceeded" if plan.held_reason else None
-                self._finish(conn, run, summary, error_code=held_code, error_message=plan.held_reason)
+                self._finish(
+                    conn,
+                    run,
+                    summary,
+                    error_code=plan.holds[0].code if plan.holds else None,
+                    error_message=summary.extra.get("message") if plan.holds else None,
+                    file_time=run.file_time,
+                    columns=json.dumps(guards.column_set(staged.layout.names)),
+                    **audit,
+                )
                 faults.checkpoint("before_commit")
         except StateConflict:
             return None  # another process recorded an outcome first; ours rolled back
@@ -287,6 +325,33 @@ class JobRunner:
     def _max_bytes(self) -> int:
         return self.settings.daemon.max_roster_bytes
 
+    def _guards(
+        self, conn: Connection, request: PlanRequest, staged: Staged, file_time: datetime | None
+    ) -> list[guards.Hold]:
+        """The guards that compare the file with the tenant's last applied ones (the threshold is
+        the planner's)."""
+        tenant, found = request.tenant, []
+        if tenant.hold_stale_files:
+            found.append(
+                guards.stale_file(file_time, last_file_time(conn, request.tenant_id), request.job_id)
+            )
+        if tenant.hold_on_header_change and request.mode == "full":
+            previous = last_full_columns(conn, request.tenant_id)
+            found.append(guards.header_changed(previous, staged.layout.names, request.job_id))
+        return [hold for hold in found if hold is not None]
+
+    def _write_plan(self, conn: Connection, run: _Run, request: PlanRequest, summary: Summary) -> None:
+        """A held job's plan file: one line per learner it would change."""
+        with atomic_text(self._plan_tmp(run.dirs, run.job.id)) as out:
+            writer = ChangeWriter(out, PLAN_HEADER)
+            changes = plan_changes(
+                conn, request.groups, run.mode, run.tenant.inactive_group, len(request.sources)
+            )
+            for change in changes:
+                writer.plan(change)
+        final = plan_path(run.dirs, run.job.file_name, run.job.id)
+        summary.extra["plan"] = {"file": f"results/{final.name}", "learners": writer.count}
+
     def _stage(
         self,
         conn: Connection,
@@ -294,6 +359,7 @@ class JobRunner:
         name: str,
         tenant: TenantConfig,
         progress: Progress | None,
+        mode: str,
     ) -> Staged:
         fmt = tenant_format(name, tenant)
         with contextlib.closing(source.records(progress=progress)) as records:  # closed on errors too
@@ -305,6 +371,13 @@ class JobRunner:
             create_staging(conn, groups, sources)
             validated = starmap(validator.validate, roster_rows(records, layout))
             rows = load_staging(conn, faults.stream(validated, "during_stage"), groups, sources)
+        if rows == 0 and mode == "full":
+            # A full file says who exists: an empty one would deactivate everyone.
+            raise FileRejected(
+                "empty_roster",
+                "this full file has a header but no rows; it would deactivate every learner, so "
+                "nothing was applied. Check the HRIS export (a failed query?) and upload it again",
+            )
         return Staged(layout=layout, rows=rows, source=source)
 
     def _header(
@@ -363,24 +436,30 @@ class JobRunner:
     def _fill(self, summary: Summary, plan: Plan, warnings: list[Issue]) -> None:
         summary.counts = empty_counts() | plan.counts
         summary.counts["warning"] = len(warnings)
-        if plan.held_reason:
+        if plan.holds:
             summary.status = "held"
-            summary.extra["message"] = plan.held_reason
+            summary.extra["message"] = " ".join(hold.message for hold in plan.holds)
+            summary.extra["held"] = [hold.code for hold in plan.holds]
         else:
             summary.status = summary_status(summary.counts, file_error=False)
         if summary.mode == "full":
-            summary.extra["deactivated_not_in_file"] = 0 if plan.held_reason else plan.absent
+            summary.extra["deactivated_not_in_file"] = 0 if plan.holds else plan.absent
+            summary.extra["missing_in_grace"] = plan.grace
         summary.finished_at = utcnow()
 
     def _write_results(
-        self, run: _Run, summary: Summary, staged: Staged, conn: Connection, default: str
+        self,
+        run: _Run,
+        summary: Summary,
+        staged: Staged,
+        conn: Connection,
+        default: str,
+        holds: list[guards.Hold],
     ) -> None:
         layout = staged.layout
-        csv_tmp, json_tmp = self._tmp_paths(run.dirs, run.job.id)
-        issues = list(layout.warnings)
-        if summary.status == "held":
-            issues.insert(0, Issue("error", "threshold_exceeded", summary.extra["message"]))
-        with _atomic_text(csv_tmp) as out, contextlib.closing(result_lines(conn, default)) as lines:
+        csv_tmp, json_tmp = self.tmp_paths(run.dirs, run.job.id)
+        issues = [Issue("error", hold.code, hold.message) for hold in holds] + list(layout.warnings)
+        with atomic_text(csv_tmp) as out, contextlib.closing(result_lines(conn, default)) as lines:
             writer = ResultsWriter(out, layout.names, _newline(run))
             writer.issues(issues)
             if layout.row >= 0 or writer.drop:  # a results file uploaded again
@@ -412,16 +491,14 @@ class JobRunner:
         if summary.status == "held" and plan is not None:
             # Learners a full file leaves out are deactivated too, though no row of it says so.
             would = {**plan.counts, "deactivated": plan.counts.get("deactivated", 0) + plan.absent}
-            held = HeldPlan(reason=plan.held_reason or "", would=would)
+            plan_file = plan_path(run.dirs, run.job.file_name, run.job.id).name
+            held = HeldPlan(reason=summary.extra.get("message", ""), would=would, plan_file=plan_file)
         names = [p.name for p in result_paths(run.dirs, run.job.file_name, run.job.id)]
-        data = ReportData(
-            summary=summary.as_dict(),
-            seats=seats,
-            issues=issues,
-            held=held,
-            files={"Results, one line per input row": names[0], "Summary (JSON)": names[1]},
-        )
-        with _atomic_text(self._report_tmp(run.dirs, run.job.id)) as out:
+        files = {"Results, one line per input row": names[0], "Summary (JSON)": names[1]}
+        if held is not None:
+            files["Plan, one line per learner it would change"] = held.plan_file or ""
+        data = ReportData(summary=summary.as_dict(), seats=seats, issues=issues, held=held, files=files)
+        with atomic_text(self._report_tmp(run.dirs, run.job.id)) as out:
             out.write(render(data))
 
     def _file_failed(self, run: _Run, exc: FileRejected) -> Summary:
@@ -469,11 +546,11 @@ class JobRunner:
 
     def _write_simple(self, run: _Run, summary: Summary, issues: list[Issue]) -> None:
         """Result files of a job that applied nothing (a file-level error, a duplicate, a reject)."""
-        csv_tmp, json_tmp = self._tmp_paths(run.dirs, run.job.id)
+        csv_tmp, json_tmp = self.tmp_paths(run.dirs, run.job.id)
         if summary.status != "duplicate":
             summary.counts["error"] = sum(1 for i in issues if i.outcome == "error")
         summary.counts["warning"] = sum(1 for i in issues if i.outcome == "warning")
-        with _atomic_text(csv_tmp) as out:
+        with atomic_text(csv_tmp) as out:
             ResultsWriter(out, None, _newline(run)).issues(issues)
         write_json(json_tmp, summary.as_dict())
         with self.engine.connect() as conn:
@@ -509,7 +586,7 @@ class JobRunner:
             **values,
         )
 
-    def _tmp_paths(self, dirs: TenantDirs, job_id: int) -> tuple[Path, Path]:
+    def tmp_paths(self, dirs: TenantDirs, job_id: int) -> tuple[Path, Path]:
         return dirs.spool / f"{job_id}.results.csv.tmp", dirs.spool / f"{job_id}.summary.json.tmp"
 
     def _report_tmp(self, dirs: TenantDirs, job_id: int) -> Path:
@@ -524,10 +601,14 @@ class JobRunner:
     def _moves(self, dirs: TenantDirs, job: JobRecord) -> list[tuple[Path, Path]]:
         """(temporary, final) for every result file of a job, in the order they are moved."""
         moves = list(
-            zip(self._tmp_paths(dirs, job.id), result_paths(dirs, job.file_name, job.id), strict=True)
+            zip(self.tmp_paths(dirs, job.id), result_paths(dirs, job.file_name, job.id), strict=True)
         )
         moves.append((self._report_tmp(dirs, job.id), report_path(dirs, job.file_name, job.id)))
+        moves.append((self._plan_tmp(dirs, job.id), plan_path(dirs, job.file_name, job.id)))
         return moves
+
+    def _plan_tmp(self, dirs: TenantDirs, job_id: int) -> Path:
+        return dirs.spool / f"{job_id}.plan.csv.tmp"
 
     def _unsupported(self, job: JobRecord) -> FileRejected:
         return FileRejected(
@@ -614,7 +695,7 @@ def _note_delimiter(summary: Summary, tenant: TenantConfig, source: RosterSource
         summary.extra["delimiter"] = source.delimiter
 
 
-class _atomic_text:
+class atomic_text:
     """A text file written and fsynced under its final temporary name."""
 
     def __init__(self, path: Path) -> None:

@@ -112,6 +112,12 @@ def report_path(dirs: TenantDirs, name: str, job_id: int) -> Path:
     return dirs.results / f"{stem}.{job_id}.report.html"
 
 
+def plan_path(dirs: TenantDirs, name: str, job_id: int) -> Path:
+    """The plan of a held job: what it would change, for the person who approves it."""
+    stem, _ = roster_stem_and_suffix(name)
+    return dirs.results / f"{stem}.{job_id}.plan.csv"
+
+
 def archive_path(dirs: TenantDirs, name: str, job_id: int) -> Path:
     stem, suffix = roster_stem_and_suffix(name)
     return dirs.archive / f"{stem}.{job_id}{suffix}"

@@ -25,6 +25,7 @@ from orgsyncd import faults
 from orgsyncd.config import Settings
 from orgsyncd.core.header import EMAIL, FIRST, LAST, TITLE, UID
 from orgsyncd.core.results import Summary, escape
+from orgsyncd.decisions import Decisions, parse_decision_name
 from orgsyncd.errors import OrgsyncError, UsageError
 from orgsyncd.jobprogress import progress_path, read_progress, status_line
 from orgsyncd.jobrunner import JobRunner, Progress
@@ -37,6 +38,7 @@ from orgsyncd.paths import (
     result_paths,
     tenant_dirs,
 )
+from orgsyncd.reverts import RevertResult, Reverts
 from orgsyncd.store.db import make_engine, migrate
 from orgsyncd.store.jobs import (
     HELD,
@@ -87,6 +89,8 @@ class Service:
         self.learners = LearnerStore(self.engine)
         self.runner = JobRunner(settings, self.engine, self.jobs, self.actor)
         self.notifier = Notifier(settings, self.engine, self.jobs, self.instance)
+        self.reverts = Reverts(self.engine, self.jobs, self.runner)
+        self.decisions = Decisions(self.engine, self.jobs, self.runner)
         self.on_job_finished: Callable[[str, str, dict[str, int], float], None] | None = None
         self.stop_requested = threading.Event()
 
@@ -166,6 +170,9 @@ class Service:
         """
         if tenant not in self.settings.tenants or is_temporary_name(path.name):
             return None
+        if parse_decision_name(path.name):  # approve-<job> / reject-<job>: a decision, not a roster
+            self.decisions.take_file(tenant, path, actor)
+            return None
         try:
             info = path.lstat()
         except FileNotFoundError:
@@ -213,6 +220,10 @@ class Service:
         added = False
         for entry in spool_dir.iterdir():
             is_input = _SPOOL_SEP in entry.name and not entry.name.endswith(".tmp") and entry.is_file()
+            if is_input and parse_decision_name(entry.name.split(_SPOOL_SEP, 1)[1]):
+                if before is None:  # at start-up only: now, its taker may be deciding it still
+                    self.decisions.recover_spooled(tenant, entry)
+                continue
             if not is_input or (before is not None and _mtime(entry) >= before):
                 continue
             if not self.jobs.has_spool_path(str(entry)) and self._register(tenant, entry) is not None:
@@ -403,37 +414,28 @@ class Service:
 
     def approve(self, job_id: int, actor: str) -> JobRecord:
         """A held job goes back to the queue, ahead of the tenant's other jobs, and skips the
-        threshold when it runs. *actor* is who decided (``cli:<user>``, ``sftp:...``)."""
-        job = self.jobs.transition(
-            job_id,
-            [HELD],
-            "approved",
-            QUEUED,
-            actor=actor,
-            code="approved",
-            approved=True,
-            priority=1,
-            finalized=False,
-        )
+        guards when it runs. *actor* is who decided (``cli:<user>``, ``sftp:...``); the decision
+        is recorded (see ``decisions.py``)."""
+        job = self.decisions.decide(job_id, "approve", actor)
         log.info("job_approved", job_id=job_id, tenant=job.tenant, actor=actor)
         return job
 
     def reject(self, job_id: int, actor: str) -> JobRecord:
-        job = self.jobs.transition(
-            job_id,
-            [HELD],
-            "rejected",
-            "rejected",
-            actor=actor,
-            code="rejected",
-            finalized=False,
-            finished_at=utcnow(),
-        )
-        self.runner.write_operator_outcome(
-            job, "rejected", "an operator rejected this file; nothing of it was applied"
-        )
+        job = self.decisions.decide(job_id, "reject", actor)
         log.info("job_rejected", job_id=job_id, tenant=job.tenant, actor=actor)
-        return self.jobs.get(job_id)
+        return job
+
+    def revert(
+        self,
+        job_id: int,
+        actor: str,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        out: TextIO | None = None,
+    ) -> RevertResult:
+        """Undo applied job *job_id* as a new job of kind ``revert`` (see ``reverts.py``)."""
+        return self.reverts.revert(job_id, actor=actor, force=force, dry_run=dry_run, out=out)
 
     def retry(self, job_id: int, actor: str) -> JobRecord:
         """A failed job runs again (e.g. after the tenant's config was fixed)."""
@@ -581,4 +583,6 @@ def _copy(source: Path, target: Path) -> None:
             dst.write(chunk)
         dst.flush()
         os.fsync(dst.fileno())
+    info = source.stat()  # the copy keeps the file's mtime: its HRIS timestamp (hold_stale_files)
+    os.utime(tmp, ns=(info.st_atime_ns, info.st_mtime_ns))
     os.replace(tmp, target)

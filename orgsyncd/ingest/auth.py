@@ -14,7 +14,7 @@ import hmac
 import ipaddress
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +99,30 @@ def burn_password_check(password: str) -> None:
 
 def load_authorized_keys(path: Path) -> asyncssh.SSHAuthorizedKeys:
     """Parse an OpenSSH authorized_keys file; asyncssh honours options such as ``from=``."""
-    return asyncssh.import_authorized_keys(path.read_text(encoding="utf-8"))
+    return _FingerprintedKeys(path.read_text(encoding="utf-8"))
+
+
+# The option under which the matched key's fingerprint is kept (see _FingerprintedKeys).
+KEY_FINGERPRINT = "x-orgsyncd-key-fingerprint"
+
+
+class _FingerprintedKeys(asyncssh.SSHAuthorizedKeys):
+    """authorized_keys that also say which key logged in: asyncssh keeps the matched entry's
+    options for the connection (``get_key_option``), so the key's fingerprint rides along as one
+    more option. Audit records (who approved a job over SFTP) name the key this way."""
+
+    def validate(
+        self,
+        key: asyncssh.SSHKey,
+        client_host: str,
+        client_addr: str,
+        cert_principals: Sequence[str] | None = None,
+        ca: bool = False,
+    ) -> Mapping[str, object] | None:
+        options = super().validate(key, client_host, client_addr, cert_principals, ca)
+        if options is None:
+            return None
+        return {**options, KEY_FINGERPRINT: key.get_fingerprint()}
 
 
 def normalize_peer(address: str) -> str:

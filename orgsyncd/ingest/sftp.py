@@ -28,6 +28,7 @@ from asyncssh.stream import SSHServerStreamSession  # runs the SFTP server on a 
 
 from orgsyncd.config import Settings, SftpConfig, TenantConfig
 from orgsyncd.ingest.auth import (
+    KEY_FINGERPRINT,
     BanList,
     burn_password_check,
     hash_password,
@@ -176,7 +177,7 @@ class SftpServer:
     def __init__(
         self,
         settings: Settings,
-        on_upload: Callable[[str, Path], None],
+        on_upload: Callable[[str, Path, str], None],
         *,
         metrics: SftpMetrics | None = None,
     ) -> None:
@@ -254,7 +255,7 @@ class _Hub:
     """State shared by every connection of one server: settings, bans, sessions, thread pools."""
 
     def __init__(
-        self, settings: Settings, on_upload: Callable[[str, Path], None], metrics: SftpMetrics
+        self, settings: Settings, on_upload: Callable[[str, Path, str], None], metrics: SftpMetrics
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -376,11 +377,12 @@ class _Hub:
             )
             return None, fs
 
-    async def notify_upload(self, tenant: str, path: Path) -> None:
-        """Tell the service a file is complete; its failure is logged, never the client's problem
-        (the file is in the inbox and the watcher's rescan will queue it)."""
+    async def notify_upload(self, tenant: str, path: Path, actor: str) -> None:
+        """Tell the service a file is complete, and who sent it (``actor``, for audit records);
+        its failure is logged, never the client's problem (the file is in the inbox and the
+        watcher's rescan will queue it)."""
         try:
-            await self.run_io(self._on_upload, tenant, path)
+            await self.run_io(self._on_upload, tenant, path, actor)
         except Exception:
             log.exception("upload_notify_failed", tenant=tenant, file=path.name)
 
@@ -433,6 +435,7 @@ class _Login(asyncssh.SSHServer):
         self.fs: TenantFS | None = None
         self.last_activity = time.monotonic()
         self._windows: dict[asyncssh.SSHServerChannel[bytes], int] = {}  # taken from the pool
+        self.credential = "password"  # or the key's fingerprint, once logged in with a key
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -550,6 +553,8 @@ class _Login(asyncssh.SSHServer):
             return
         self.tenant, self.fs = tenant, self._candidate_fs
         self._hub.gate.logged_in(self)
+        if self._conn is not None:
+            self.credential = str(self._conn.get_key_option(KEY_FINGERPRINT) or "password")
         self.touch()
         log.info("sftp_login", tenant=tenant, peer=self.peer)
 
@@ -601,6 +606,8 @@ class _TenantSftp(asyncssh.SFTPServer):
         self._login = login
         self._tenant = login.tenant if login is not None and login.tenant else ""
         self._peer = login.peer if login is not None else "unknown"
+        credential = login.credential if login is not None else "unknown"
+        self._actor = f"sftp:{self._tenant}@{self._peer} {credential}"  # who, in audit records
         self._writers: dict[Upload, UploadWriter] = {}
         self.ended = asyncio.Event()
 
@@ -796,7 +803,7 @@ class _TenantSftp(asyncssh.SFTPServer):
             temporary=temporary,
         )
         if not temporary:  # a temporary name is reported when renamed to its final one
-            await self._hub.notify_upload(self._tenant, final)
+            await self._hub.notify_upload(self._tenant, final, self._actor)
         self._touch()  # on_upload may have taken a while; that was not the client idling
 
     def _log_discard(self, upload: Upload, reason: str) -> None:
@@ -826,7 +833,7 @@ class _TenantSftp(asyncssh.SFTPServer):
         old_name, final = await self._io(rename, oldpath, newpath)
         log.info("file_renamed", tenant=self._tenant, file=final.name, previous=old_name)
         if is_temporary_name(old_name) and not is_temporary_name(final.name):
-            await self._hub.notify_upload(self._tenant, final)
+            await self._hub.notify_upload(self._tenant, final, self._actor)
 
     # -- attributes: times of one's own uploads are kept, the rest is accepted and ignored -------
     # Clients that preserve times (sftp put -p, pscp -p, rclone, lftp mirror, WinSCP) fail when

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from orgsyncd.config import TenantConfig
+from orgsyncd.core.guards import Hold, decide_hint
 from orgsyncd.core.rows import STAGE_FIXED, Rejected, StagedRow
 
 BATCH = 20_000
@@ -47,9 +48,10 @@ class PlanRequest:
 class Plan:
     counts: dict[str, int] = field(default_factory=dict)
     absent: int = 0  # learners deactivated because a full file left them out
-    licensed: int = 0  # counted only when a full import deactivates anyone
+    grace: int = 0  # left out, but not yet for deactivate_after_missing_runs files in a row
+    licensed: int = 0  # counted only when an import deactivates anyone
     deactivations: int = 0
-    held_reason: str | None = None
+    holds: list[Hold] = field(default_factory=list)  # the planner's guard (threshold) fired
     default_outcome: str = "unchanged"  # what a line missing from result_lines means
 
 
@@ -173,7 +175,7 @@ def drop_staging(conn: Connection) -> None:
     """PostgreSQL keeps pooled sessions, so drop the temporary tables; on SQLite they vanish with
     the connection (closed after every job), which is much cheaper than dropping a big table."""
     if conn.dialect.name == "postgresql":
-        for table in ("stg", "pl", "absent", "chg", "mm", "dk"):
+        for table in ("stg", "pl", "absent", "grace", "chg", "mm", "dk"):
             Sql(conn).run(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -453,11 +455,25 @@ FROM x"""
         self.sql.run("DROP TABLE IF EXISTS absent")
         self.sql.run(
             "CREATE TEMPORARY TABLE absent AS SELECT id AS lid, license_type AS cur_lic, "
-            f"status AS cur_status FROM learner WHERE tenant_id = :t AND status <> 'deactivated' AND {left_out}",
+            f"status AS cur_status, missing_runs AS miss FROM learner WHERE tenant_id = :t "
+            f"AND status <> 'deactivated' AND {left_out}",
             self.p,
         )
+        self._grace()
         rows = self.sql.run("SELECT cur_lic, COUNT(*) FROM absent WHERE cur_lic IS NOT NULL GROUP BY cur_lic")
         return {str(lic): int(n) for lic, n in rows}
+
+    def _grace(self) -> None:
+        """deactivate_after_missing_runs = N: a learner left out of fewer than N files in a row
+        moves from ``absent`` to ``grace`` (its counter goes up instead)."""
+        runs = self.req.tenant.deactivate_after_missing_runs
+        self.sql.run("DROP TABLE IF EXISTS grace")
+        self.sql.run("CREATE TEMPORARY TABLE grace (lid BIGINT PRIMARY KEY, miss INTEGER)")
+        if runs <= 1:
+            return
+        params = {"n": runs}
+        self.sql.run("INSERT INTO grace SELECT lid, miss FROM absent WHERE miss + 1 < :n", params)
+        self.sql.run("DELETE FROM absent WHERE miss + 1 < :n", params)
 
     def _seats(self, absent_licensed: dict[str, int]) -> None:
         limited = {lic: seats for lic, seats in self.req.tenant.licenses.items() if seats > 0}
@@ -505,13 +521,17 @@ FROM x"""
             plan.default_outcome = max(plan.counts, key=lambda outcome: plan.counts[outcome])
         if self.req.mode == "full":
             plan.absent = int(self.sql.scalar("SELECT COUNT(*) FROM absent"))
+            plan.grace = int(self.sql.scalar("SELECT COUNT(*) FROM grace"))
         plan.deactivations = plan.counts.get("deactivated", 0) + absent_licensed
-        plan.held_reason = self._threshold(plan)
+        hold = self._threshold(plan)
+        plan.holds = [hold] if hold else []
         return plan
 
-    def _threshold(self, plan: Plan) -> str | None:
+    def _threshold(self, plan: Plan) -> Hold | None:
+        """In both modes: a delta file that sets `inactive` for most of the tenant is as
+        dangerous as a full file that leaves them out."""
         cfg = self.req.tenant
-        if self.req.mode != "full" or self.req.approved or plan.deactivations == 0:
+        if self.req.approved or plan.deactivations == 0:
             return None
         # Counted only here: a scan of the tenant's licences, which most jobs never need.
         plan.licensed = int(
@@ -529,15 +549,10 @@ FROM x"""
             if over_count
             else f"max_deactivation_ratio = {cfg.max_deactivation_ratio:g}"
         )
-        reason = (
-            f"this full import would deactivate {plan.deactivations} of {plan.licensed} licensed "
-            f"learners, more than {limit} allows; nothing was applied"
-        )
-        if not self.req.job_id:  # a dry run: there is no job to approve
-            return reason
-        return (
-            f"{reason}. An operator can apply it with 'orgsyncd jobs approve {self.req.job_id}' "
-            f"or drop it with 'orgsyncd jobs reject {self.req.job_id}'"
+        return Hold(
+            "threshold_exceeded",
+            f"this {self.req.mode} import would deactivate {plan.deactivations} of {plan.licensed} "
+            f"licensed learners, more than {limit} allows; " + decide_hint(self.req.job_id),
         )
 
 
@@ -601,9 +616,11 @@ class Applier:
         full = self.req.mode == "full"
         group_ids = self._ensure_groups()
         inactive = self._inactive_group_id()
-        self._audit(full)
+        self._audit(full, group_ids, inactive)
         self._release_licences(full)
         self._update_learners(full)
+        if full:
+            self._count_missing()
         self._insert_learners()
         self._grant_licences()
         self._apply_groups(group_ids, inactive)
@@ -640,7 +657,9 @@ class Applier:
         gid = self.sql.scalar("SELECT id FROM learner_group WHERE tenant_id = :t AND name_key = :key", params)
         return int(gid)
 
-    def _audit(self, full: bool) -> None:
+    def _audit(self, full: bool, group_ids: list[int], inactive: int | None) -> None:
+        """Before-images of everything the job changes, so ``jobs revert`` can restore them:
+        the learner's fields (every field, whatever the change), and each membership change."""
         before = self.sql.json_object(_OLD_VALUES)
         after = self.sql.json_object(_NEW_VALUES)
         created = self.sql.json_object(
@@ -656,8 +675,7 @@ class Applier:
                 f"JOIN learner l ON l.id = s.lid WHERE s.outcome IN {_APPLIED} AND {_FIELDS_DIFFER}",
                 self.p,
             )
-            self._audit_groups()
-        self._audit_sources()
+            self._audit_groups(group_ids, inactive)
         if self.creates:
             self.sql.run(
                 f"{insert} SELECT :job, s.lid, 'created', NULL, {created}, :now FROM {self.src} s "
@@ -665,41 +683,27 @@ class Applier:
                 self.p,
             )
         if full:
-            gone_before = self.sql.json_object([("status", "a.cur_status"), ("license", "a.cur_lic")])
             gone_after = self.sql.json_object(
                 [("status", "'deactivated'"), ("license", "NULL"), ("reason", "'not in full file'")]
             )
             self.sql.run(
-                f"{insert} SELECT :job, a.lid, 'deactivated', {gone_before}, {gone_after}, :now "
-                "FROM absent a",
+                f"{insert} SELECT :job, a.lid, 'deactivated', {before}, {gone_after}, :now "
+                "FROM absent a JOIN learner l ON l.id = a.lid",
                 self.p,
             )
 
-    def _audit_groups(self) -> None:
-        insert = "INSERT INTO audit_event (job_id, learner_id, action, before, after, at) "
-        for i in range(len(self.req.groups)):
-            name = {**self.p, "name": self.req.groups[i]}
+    def _audit_groups(self, group_ids: list[int], inactive: int | None) -> None:
+        # The rows _apply_groups changes: with an inactive group, a deactivated row's group
+        # columns are overruled by the move (audited there).
+        eligible = f"s.outcome IN {_APPLIED}" + (" AND s.outcome <> 'deactivated'" if inactive else "")
+        for i, gid in enumerate(group_ids):
+            params = {**self.p, "name": self.req.groups[i], "gid": gid}
             for delta, action in ((1, "group_added"), (-1, "group_removed")):
                 self.sql.run(
-                    f"{insert} SELECT :job, s.lid, '{action}', NULL, :name, :now FROM {self.src} s "
-                    f"WHERE s.outcome IN {_APPLIED} AND s.d{i} = {delta}",
-                    name,
+                    f"{_AUDIT_GROUP} SELECT :job, s.lid, '{action}', NULL, :name, :now, :gid "
+                    f"FROM {self.src} s WHERE {eligible} AND s.d{i} = {delta}",
+                    params,
                 )
-
-    def _audit_sources(self) -> None:
-        insert = "INSERT INTO audit_event (job_id, learner_id, action, before, after, at) "
-        for k in range(len(self.req.sources)):
-            if self.touches_existing:
-                self.sql.run(
-                    f"{insert} SELECT :job, s.lid, 'group_removed', NULL, g.name, :now FROM {self.src} s "
-                    f"JOIN learner_group g ON g.id = s.o{k} WHERE s.outcome IN {_APPLIED}",
-                    self.p,
-                )
-            self.sql.run(
-                f"{insert} SELECT :job, s.lid, 'group_added', NULL, s.s{k}, :now FROM {self.src} s "
-                f"WHERE s.outcome IN {_CHANGING} AND s.j{k} = 1",
-                self.p,
-            )
 
     def _release_licences(self, full: bool) -> None:
         end = "UPDATE license_assignment SET ended_at = :now, ended_job_id = :job WHERE ended_at IS NULL "
@@ -735,6 +739,27 @@ class Applier:
                 "updated_job_id = :job, updated_at = :now WHERE id IN (SELECT lid FROM absent)",
                 self.p,
             )
+
+    def _count_missing(self) -> None:
+        """deactivate_after_missing_runs: a learner in grace counts one more file that left it out;
+        everyone else's count (present again, or deactivated now) starts over. Audited, so a
+        revert restores the counts too. The partial index keeps this free for tenants with no
+        learner in grace."""
+        count = "tenant_id = :t AND missing_runs > 0 AND id NOT IN (SELECT lid FROM grace)"
+        was = self.sql.json_object([("missing_runs", "missing_runs")])
+        zero = self.sql.json_object([("missing_runs", "0")])
+        self.sql.run(
+            f"{_AUDIT_GROUP} SELECT :job, id, 'missing', {was}, {zero}, :now, NULL FROM learner WHERE {count}",
+            self.p,
+        )
+        self.sql.run(f"UPDATE learner SET missing_runs = 0 WHERE {count}", self.p)
+        grace_was = self.sql.json_object([("missing_runs", "g.miss")])
+        grace_now = self.sql.json_object([("missing_runs", "g.miss + 1")])
+        self.sql.run(
+            f"{_AUDIT_GROUP} SELECT :job, g.lid, 'missing', {grace_was}, {grace_now}, :now, NULL FROM grace g",
+            self.p,
+        )
+        self.sql.run("UPDATE learner SET missing_runs = missing_runs + 1 WHERE id IN (SELECT lid FROM grace)")
 
     def _refresh_fingerprints(self) -> None:
         """A row that changes nothing but is not the row that last set its learner (a reordered
@@ -802,34 +827,65 @@ class Applier:
                 params,
             )
             if self.touches_existing:
+                # Audited as they change (the group a row joins may only exist from here on).
+                leaving = f"(SELECT s.lid FROM {self.src} s WHERE {eligible} AND s.o{k} IS NOT NULL)"
                 self.sql.run(
-                    "DELETE FROM membership WHERE source = :src AND learner_id IN "
-                    f"(SELECT s.lid FROM {self.src} s WHERE {eligible} AND s.o{k} IS NOT NULL)",
+                    f"{_AUDIT_MEMBERSHIP} SELECT :job, m.learner_id, 'group_removed', NULL, g.name, :now, "
+                    "m.group_id, m.source FROM membership m JOIN learner_group g ON g.id = m.group_id "
+                    f"WHERE m.source = :src AND m.learner_id IN {leaving}",
                     params,
                 )
-            self.sql.run(
-                "INSERT INTO membership (group_id, learner_id, source) SELECT g.id, s.lid, :src "
+                self.sql.run(
+                    f"DELETE FROM membership WHERE source = :src AND learner_id IN {leaving}", params
+                )
+            joining = (
                 f"FROM {self.src} s JOIN learner_group g ON g.tenant_id = :t AND g.name_key = s.k{k} "
-                f"WHERE {eligible} AND s.j{k} = 1 ON CONFLICT DO NOTHING",
+                f"WHERE {eligible} AND s.j{k} = 1"
+            )
+            self.sql.run(
+                f"{_AUDIT_MEMBERSHIP} SELECT :job, s.lid, 'group_added', NULL, g.name, :now, g.id, :src "
+                f"{joining} AND s.outcome <> 'created' AND NOT EXISTS (SELECT 1 FROM membership m "
+                "WHERE m.group_id = g.id AND m.learner_id = s.lid)",
+                params,
+            )
+            self.sql.run(
+                f"INSERT INTO membership (group_id, learner_id, source) SELECT g.id, s.lid, :src {joining} "
+                "ON CONFLICT DO NOTHING",
                 params,
             )
 
     def _move_to_inactive(self, inactive: int, full: bool) -> None:
+        """Deactivated learners leave their groups for the inactive group; reactivated ones leave
+        it. Each membership change is audited before it is made."""
         gone = f"SELECT lid FROM {self.src} WHERE outcome = 'deactivated'"
         if full:
             gone += " UNION ALL SELECT lid FROM absent"
-        params = {"gid": inactive}
+        params = {**self.p, "gid": inactive, "name": self.req.tenant.inactive_group}
+        self.sql.run(
+            f"{_AUDIT_MEMBERSHIP} SELECT :job, m.learner_id, 'group_removed', NULL, g.name, :now, "
+            "m.group_id, m.source FROM membership m JOIN learner_group g ON g.id = m.group_id "
+            f"WHERE m.group_id <> :gid AND m.learner_id IN ({gone})",
+            params,
+        )
         self.sql.run(f"DELETE FROM membership WHERE group_id <> :gid AND learner_id IN ({gone})", params)
+        self.sql.run(
+            f"{_AUDIT_GROUP} SELECT :job, g.lid, 'group_added', NULL, :name, :now, :gid FROM ({gone}) g "
+            "WHERE g.lid IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM membership m WHERE m.group_id = :gid AND m.learner_id = g.lid)",
+            params,
+        )
         self.sql.run(
             f"INSERT INTO membership (group_id, learner_id) SELECT :gid, lid FROM ({gone}) g "
             "WHERE lid IS NOT NULL ON CONFLICT DO NOTHING",
             params,
         )
+        back = f"SELECT lid FROM {self.src} WHERE outcome = 'reactivated'"
         self.sql.run(
-            "DELETE FROM membership WHERE group_id = :gid AND learner_id IN "
-            f"(SELECT lid FROM {self.src} WHERE outcome = 'reactivated')",
+            f"{_AUDIT_GROUP} SELECT :job, m.learner_id, 'group_removed', NULL, :name, :now, :gid "
+            f"FROM membership m WHERE m.group_id = :gid AND m.learner_id IN ({back})",
             params,
         )
+        self.sql.run(f"DELETE FROM membership WHERE group_id = :gid AND learner_id IN ({back})", params)
 
 
 def _snapshot(*exprs: str) -> list[tuple[str, str]]:
@@ -849,6 +905,10 @@ _FIELDS_DIFFER = (
         f"{old} IS DISTINCT FROM {new}" for (_, old), (_, new) in zip(_OLD_VALUES, _NEW_VALUES, strict=True)
     )
     + ")"
+)
+_AUDIT_GROUP = "INSERT INTO audit_event (job_id, learner_id, action, before, after, at, group_id) "
+_AUDIT_MEMBERSHIP = (
+    "INSERT INTO audit_event (job_id, learner_id, action, before, after, at, group_id, group_source) "
 )
 
 

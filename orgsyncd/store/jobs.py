@@ -9,6 +9,7 @@ transaction)::
                                                    |        --rejected--> rejected
                                                    --> duplicate
                         failed --retried--> queued
+    succeeded | partially_succeeded --reverted--> reverted       (by a job of kind "revert")
 
 """
 
@@ -35,7 +36,8 @@ from orgsyncd.store.tables import Job, JobEvent, Tenant
 QUEUED = "queued"
 RUNNING = "running"
 HELD = "held"
-TERMINAL = ("succeeded", "partially_succeeded", "failed", "rejected", "duplicate")
+REVERTED = "reverted"
+TERMINAL = ("succeeded", "partially_succeeded", "failed", "rejected", "duplicate", REVERTED)
 APPLIED = ("succeeded", "partially_succeeded")
 STATUSES = (QUEUED, RUNNING, HELD, *TERMINAL)
 
@@ -187,6 +189,12 @@ class JobRecord:
     lease_expires_at: datetime | None
     claim_token: str | None
     db_session: str | None
+    kind: str = "import"
+    target_job_id: int | None = None
+    file_time: datetime | None = None
+    columns: str | None = None
+    audit_from: int | None = None
+    audit_to: int | None = None
 
 
 def utcnow() -> datetime:

@@ -20,6 +20,9 @@ class Tenant(SQLModel, table=True):
     name: str = Field(unique=True, max_length=63)
 
 
+MISSING_ONLY = "missing_runs > 0"
+
+
 class Learner(SQLModel, table=True):
     """Current state of one learner. ``status`` is invited, unassigned or deactivated."""
 
@@ -28,6 +31,14 @@ class Learner(SQLModel, table=True):
         UniqueConstraint("tenant_id", "email", name="uq_learner_email"),
         UniqueConstraint("tenant_id", "uid", name="uq_learner_uid"),
         Index("ix_learner_tenant_license", "tenant_id", "license_type"),
+        # Only learners in their grace period (deactivate_after_missing_runs) are in it: a
+        # partial index costs the import nothing for everyone else.
+        Index(
+            "ix_learner_missing",
+            "tenant_id",
+            sqlite_where=text(MISSING_ONLY),
+            postgresql_where=text(MISSING_ONLY),
+        ),
     )
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: int
@@ -44,6 +55,8 @@ class Learner(SQLModel, table=True):
     updated_job_id: int | None = None
     created_at: datetime
     updated_at: datetime
+    # Consecutive applied full files that left this learner out (deactivate_after_missing_runs).
+    missing_runs: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
 
 
 class LicenseAssignment(SQLModel, table=True):
@@ -150,6 +163,18 @@ class Job(SQLModel, table=True):
     claim_token: str | None = Field(default=None, max_length=32)
     db_session: str | None = Field(default=None, max_length=64)
 
+    # "import" (a roster file) or "revert" (``jobs revert``; ``target_job_id`` is the job undone).
+    kind: str = Field(default="import", max_length=16, sa_column_kwargs={"server_default": "import"})
+    target_job_id: int | None = None
+    # The file's HRIS timestamp (from its name, else its mtime) and its header's column names
+    # (JSON list): what hold_stale_files and hold_on_header_change compare with.
+    file_time: datetime | None = None
+    columns: str | None = Field(default=None, sa_column=Column(Text))
+    # The ids of this job's audit_event rows lie in [audit_from, audit_to] (with other tenants'
+    # rows in between on PostgreSQL): what a revert scans instead of the whole table.
+    audit_from: int | None = Field(default=None, sa_type=BigInteger)
+    audit_to: int | None = Field(default=None, sa_type=BigInteger)
+
 
 class JobEvent(SQLModel, table=True):
     """One row per job state change, written in the transaction that made the change.
@@ -192,9 +217,18 @@ class SlotClaim(SQLModel, table=True):
 
 
 class AuditEvent(SQLModel, table=True):
-    """Every change a job made to a learner: before/after as JSON text."""
+    """Every change a job made to a learner, with its before-image, so a job can be reverted.
+
+    Field changes (``created``, ``updated``, ``deactivated``, ``reactivated``, ``reverted``) keep
+    before/after as JSON objects of the learner's fields; membership changes (``group_added``,
+    ``group_removed``) name the group in ``after`` and carry ``group_id`` and the membership's
+    ``source`` (``group_source``, None for group/ flags); ``missing`` keeps
+    ``{"missing_runs": n}`` before and after.
+    """
 
     __tablename__ = "audit_event"
+    # No index on job_id: it would cost every import (a first import writes a row per learner);
+    # a revert finds a job's events by the id range stored on the job (audit_from, audit_to).
     __table_args__ = (Index("ix_audit_learner", "learner_id"),)
     id: int | None = Field(default=None, primary_key=True)
     job_id: int | None = None
@@ -202,6 +236,8 @@ class AuditEvent(SQLModel, table=True):
     action: str = Field(max_length=24)
     before: str | None = Field(default=None, sa_column=Column(Text))
     after: str | None = Field(default=None, sa_column=Column(Text))
+    group_id: int | None = None
+    group_source: str | None = Field(default=None, max_length=255)  # the membership's source
     at: datetime = Field(sa_column_kwargs={"server_default": text("CURRENT_TIMESTAMP")})
 
 
@@ -255,3 +291,27 @@ class TenantSilence(SQLModel, table=True):
     tenant_id: int = Field(primary_key=True)
     watching_since: datetime
     alerted_for: datetime | None = None
+
+
+class Decision(SQLModel, table=True):
+    """Every approve/reject decision on a held job, taken or refused: who (``actor``), how
+    (``via``: cli, sftp or inbox), when, on which job, and what came of it."""
+
+    __tablename__ = "job_decision"
+    __table_args__ = (
+        Index("ix_job_decision_job", "job_id"),
+        # One decision per decision file (name, inode, times): a rescan or a second instance
+        # that sees the same file again finds it decided.
+        UniqueConstraint("tenant_id", "file_key", name="uq_job_decision_file"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int
+    job_id: int  # the job the decision names (it may not exist, or be another tenant's)
+    decision: str = Field(max_length=8)  # approve | reject
+    outcome: str = Field(max_length=16)  # approved | rejected | refused
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    actor: str = Field(max_length=255)
+    via: str = Field(max_length=8)
+    file_name: str | None = Field(default=None, max_length=255)
+    file_key: str | None = Field(default=None, max_length=128)
+    at: datetime

@@ -182,6 +182,7 @@ def test_email_clash_inside_one_file(env: Env) -> None:
 
 
 def test_licence_lifecycle_deactivate_reactivate_history(env: Env) -> None:
+    env.reconfigure(max_deactivation_ratio=1.0)  # a tenant of one: any deactivation is 100%
     header = ["primary_email_address", f"{LIC}_status"]
     env.run(roster(header, [["a@example.com", "active"]]))
     assert env.learner("a@example.com").status == "invited"
@@ -197,6 +198,7 @@ def test_licence_lifecycle_deactivate_reactivate_history(env: Env) -> None:
 
 
 def test_active_column_true_false(env: Env) -> None:
+    env.reconfigure(max_deactivation_ratio=1.0)  # a tenant of one: any deactivation is 100%
     header = ["primary_email_address", "active"]
     env.run(roster(header, [["a@example.com", "TRUE"], ["b@example.com", "no"]]))
     assert env.learner("a@example.com").license_type == LIC
@@ -230,7 +232,7 @@ def test_reassignment_keeps_one_licence(env: Env) -> None:
 
 
 def test_seats_releases_before_activations(env: Env) -> None:
-    env.reconfigure(licenses={LIC: 2})
+    env.reconfigure(licenses={LIC: 2}, max_deactivation_ratio=1.0)
     header = ["primary_email_address", f"{LIC}_status"]
     env.run(roster(header, [["a@example.com", "active"], ["b@example.com", "active"]]))
     full = env.run(roster(header, [["c@example.com", "active"], ["a@example.com", "inactive"]]))
@@ -244,7 +246,7 @@ def test_seats_releases_before_activations(env: Env) -> None:
 
 
 def test_groups_created_joined_left_and_inactive_group(env: Env) -> None:
-    env.reconfigure(inactive_group="Inactive Learners")
+    env.reconfigure(inactive_group="Inactive Learners", max_deactivation_ratio=1.0)
     header = ["primary_email_address", f"{LIC}_status", "group/Sales", "group/Berlin"]
     env.run(roster(header, [["a@example.com", "active", 1, 1]]))
     assert env.learner("a@example.com").groups == ["Berlin", "Sales"]

@@ -151,8 +151,9 @@ def test_full_mode_under_threshold_deactivates_the_absent(env: Env) -> None:
     assert summary.status == "succeeded" and summary.extra["deactivated_not_in_file"] == 2
     gone = env.learner("p9@example.com")
     assert (gone.status, gone.license_type, gone.groups) == ("deactivated", None, ["Leavers"])
-    actions = [event.action for event in env.service.learners.audit(gone.id)]
-    assert actions == ["created", "deactivated"]
+    actions = [(event.action, event.after) for event in env.service.learners.audit(gone.id)]
+    assert [a for a, _ in actions] == ["created", "deactivated", "group_added"]
+    assert actions[2][1] == "Leavers"  # the move to the inactive group is audited too
 
 
 def test_full_mode_error_rows_still_count_as_present(env: Env) -> None:
@@ -208,6 +209,7 @@ def test_a_dry_run_that_would_be_held_names_no_job_to_approve(env: Env) -> None:
 def test_a_crash_before_commit_leaves_the_database_untouched(
     env: Env, point: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    env.reconfigure(max_deactivation_ratio=1.0)
     env.run(people(3), name="base.csv")
     before = env.export()
     drop(env, "next.csv", people(3, status="inactive"))

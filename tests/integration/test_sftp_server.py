@@ -105,6 +105,7 @@ class Env:
     loop: LoopThread
     metrics: CountingMetrics = field(default_factory=CountingMetrics)
     uploads: list[tuple[str, Path, bytes]] = field(default_factory=list)
+    actors: list[str] = field(default_factory=list)  # who sent each upload, as the audit names them
     server: SftpServer | None = None
     on_upload_hook: Callable[[], None] | None = None
 
@@ -141,9 +142,10 @@ class Env:
             }
         return Settings(daemon={"data_dir": str(self.data_dir)}, sftp=sftp, tenants=tenants)
 
-    def on_upload(self, tenant: str, path: Path) -> None:
+    def on_upload(self, tenant: str, path: Path, actor: str) -> None:
         # Read at notification time: the file must already be complete when we are told.
         self.uploads.append((tenant, path, path.read_bytes()))
+        self.actors.append(actor)
         if self.on_upload_hook is not None:
             self.on_upload_hook()
 
@@ -261,6 +263,9 @@ def test_paramiko_upload_lands_in_inbox_and_is_reported_once(server: Env) -> Non
 
     assert server.uploads == [("acme", server.inbox() / "day1.csv", data)]
     assert (server.inbox() / "day1.csv").read_bytes() == data
+    # The upload says who sent it: tenant, address and the fingerprint of the key that logged in.
+    fingerprint = asyncssh.read_public_key(server.keys.public("acme")).get_fingerprint()
+    assert server.actors == [f"sftp:acme@127.0.0.1 {fingerprint}"]
     assert server.staged() == []
     assert server.metrics.counts["bytes"] == len(data)
     complete = [e for e in logs if e["event"] == "upload_complete"]
@@ -818,6 +823,7 @@ def test_password_login_with_scrypt_hash(env: Env) -> None:
             ):
                 pass
     assert [(t, p.name) for t, p, _ in env.uploads] == [("initech", "pw.csv")]
+    assert env.actors == ["sftp:initech@127.0.0.1 password"]
     assert env.metrics.counts["auth_failed"] == 3
     assert [e["method"] for e in logs if e["event"] == "auth_failed"] == ["password"] * 3
     assert all(PASSWORD not in repr(e) and "wrong" not in repr(e) for e in logs)

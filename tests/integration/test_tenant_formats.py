@@ -61,7 +61,7 @@ def test_a_workday_report_imports_and_the_results_echo_it(env: Env) -> None:
 
 
 def test_terminated_deactivates_and_a_mapped_tenant_reimports_its_export(env: Env) -> None:
-    env.reconfigure(**WORKDAY)
+    env.reconfigure(**WORKDAY, max_deactivation_ratio=1.0)  # one of two: over any delta threshold
     env.run(workday([ADA, BOB]))
     gone = env.run(workday([ADA, [*BOB[:6], "Terminated"]]))
     assert [r["outcome"] for r in env.results(gone)] == ["unchanged", "deactivated"]

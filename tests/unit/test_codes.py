@@ -31,6 +31,7 @@ _EMITTERS = {
     "Rejected": 1,
     "_mark": 0,  # the importer's "mark later rows of a group with this code"
     "write_operator_outcome": 1,
+    "Hold": 0,  # a guard holds the job (core/guards.py)
 }
 _CODE_KEYWORDS = frozenset({"code", "error_code"})
 # Codes set in SQL: assigned to err/note, or a CASE branch's result (outcomes are not codes).
@@ -51,6 +52,9 @@ _PASS_THROUGH = {
     ("core/report.py", "issue_groups_from_rows"),  # IssueGroup(code=...) of stored result lines
     ("jobrunner.py", "_file_issue_groups"),  # IssueGroup(code=issue.code) of an Issue
     ("store/outbox.py", "record_job_event"),  # {"code": job.error_code or change.code} into the event
+    ("jobrunner.py", "_write_results"),  # Issue("error", hold.code, ...) of a guard's Hold
+    ("reverts.py", "_finish"),  # code=plan.refusal_code (revert_conflict or no_seats) onto the event
+    ("reverts.py", "as_dict"),  # {"code": self.code} of the revert's result
 }
 _HEADING = re.compile(r"^###\s+`([a-z][a-z0-9_]*)`\s*$", re.MULTILINE)
 
