@@ -49,6 +49,8 @@ def event_for(from_status: str | None, to_status: str) -> str | None:
         return "approved"
     if from_status == "held" and to_status == "rejected":
         return "rejected"
+    if to_status == "reverted":  # an applied job undone by `jobs revert`
+        return "reverted"
     if from_status == "running" or from_status == "queued":
         return _OUTCOME_EVENTS.get(to_status)
     return None

@@ -115,6 +115,11 @@ def test_revert_restores_fields_licences_groups_and_deactivates_the_created(env:
     assert "primary_email_address: b2@example.com -> b@example.com" in lines["b@example.com"]["changes"]
     reverted = env.service.jobs.get(job.job_id)
     assert reverted.status == "reverted"
+    with env.service.engine.connect() as conn:  # one "reverted" notification, for the job undone
+        events = conn.execute(
+            text("SELECT event FROM notify_event WHERE job_id = :j"), {"j": job.job_id}
+        ).all()
+    assert [e for (e,) in events if e == "reverted"] == ["reverted"]
     revert_job = env.service.jobs.get(result.job_id or 0)
     assert (revert_job.kind, revert_job.target_job_id, revert_job.status) == (
         "revert",
