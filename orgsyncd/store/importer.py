@@ -698,12 +698,18 @@ class Applier:
         eligible = f"s.outcome IN {_APPLIED}" + (" AND s.outcome <> 'deactivated'" if inactive else "")
         for i, gid in enumerate(group_ids):
             params = {**self.p, "name": self.req.groups[i], "gid": gid}
-            for delta, action in ((1, "group_added"), (-1, "group_removed")):
-                self.sql.run(
-                    f"{_AUDIT_GROUP} SELECT :job, s.lid, '{action}', NULL, :name, :now, :gid "
-                    f"FROM {self.src} s WHERE {eligible} AND s.d{i} = {delta}",
-                    params,
-                )
+            self.sql.run(
+                f"{_AUDIT_GROUP} SELECT :job, s.lid, 'group_added', NULL, :name, :now, :gid "
+                f"FROM {self.src} s WHERE {eligible} AND s.d{i} = 1",
+                params,
+            )
+            # A membership a flag ends may have come from a groups_from column: keep its source.
+            self.sql.run(
+                f"{_AUDIT_MEMBERSHIP} SELECT :job, s.lid, 'group_removed', NULL, :name, :now, :gid, m.source "
+                f"FROM {self.src} s JOIN membership m ON m.group_id = :gid AND m.learner_id = s.lid "
+                f"WHERE {eligible} AND s.d{i} = -1",
+                params,
+            )
 
     def _release_licences(self, full: bool) -> None:
         end = "UPDATE license_assignment SET ended_at = :now, ended_job_id = :job WHERE ended_at IS NULL "

@@ -278,3 +278,29 @@ def test_reassigned_licence_goes_back(env: Env) -> None:
     assert env.learner("a@example.com").license_type == PRO
     revert(env, job.job_id)
     assert state(env) == before
+
+
+def test_a_groups_from_membership_comes_back_with_its_source(env: Env) -> None:
+    env.reconfigure(groups_from=["Department"], blank_means="clear", max_deactivation_ratio=1.0)
+    env.run(roster(["primary_email_address", "Department"], [["a@example.com", "Sales"]]), name="a.csv")
+    before = memberships(env)
+    assert before == [("a@example.com", "Sales", "department")]
+    # A group/ column for the same group, left blank (= not a member): the learner leaves it.
+    job = env.run(roster(["primary_email_address", "group/Sales"], [["a@example.com", ""]]), name="b.csv")
+    assert memberships(env) == []
+    revert(env, job.job_id)
+    assert memberships(env) == before  # back as the column's membership, so the column still moves it
+    env.run(roster(["primary_email_address", "Department"], [["a@example.com", "Ops"]]), name="c.csv")
+    assert memberships(env) == [("a@example.com", "Ops", "department")]
+
+
+def memberships(env: Env) -> list[tuple[str, str, str | None]]:
+    with env.service.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT l.email, g.name, m.source FROM membership m JOIN learner l ON l.id = m.learner_id "
+                "JOIN learner_group g ON g.id = m.group_id WHERE l.tenant_id = :t ORDER BY g.name"
+            ),
+            {"t": env.service.jobs.tenant_id(env.tenant)},
+        ).all()
+    return [tuple(row) for row in rows]  # type: ignore[misc]

@@ -28,6 +28,7 @@ OPTIONAL = [
     f"{PRO}_status",
     "group/Sales",
     "group/R&D",
+    "Department",  # a groups_from column for tenants that have one: its value names the group
 ]
 _counter = itertools.count()
 
@@ -40,6 +41,7 @@ cells = {
     f"{PRO}_status": licence,
     "group/Sales": st.sampled_from(["1", "0", ""]),
     "group/R&D": st.sampled_from(["1", "0", ""]),
+    "Department": st.sampled_from(["", "Sales", "Ops", "r&d"]),
 }
 
 
@@ -66,6 +68,7 @@ tenant_config = st.fixed_dictionaries(
         "inactive_group": st.sampled_from([None, "Leavers"]),
         "deactivate_after_missing_runs": st.sampled_from([1, 2]),
         "blank_means": st.sampled_from(["unchanged", "clear"]),
+        "groups_from": st.sampled_from([[], ["Department"]]),
     }
 )
 
@@ -103,8 +106,8 @@ def snapshot(env: Env) -> dict[str, Any]:
         ).all()
         members = conn.execute(
             text(
-                "SELECT m.learner_id, g.name FROM membership m JOIN learner_group g ON g.id = m.group_id "
-                "WHERE g.tenant_id = :t"
+                "SELECT m.learner_id, g.name, m.source FROM membership m "
+                "JOIN learner_group g ON g.id = m.group_id WHERE g.tenant_id = :t"
             ),
             params,
         ).all()
@@ -136,11 +139,30 @@ def export_rows(export: str, drop_emails: set[str], drop_column: str | None) -> 
     return [[row[i] for i in keep] for row in rows if row[email] not in drop_emails]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(config=tenant_config, files=st.lists(import_file(), min_size=2, max_size=4))
+QUICK = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+THOROUGH = settings(QUICK, max_examples=300)
+imports = st.lists(import_file(), min_size=2, max_size=4)
+
+
+@QUICK
+@given(config=tenant_config, files=imports)
 def test_reverting_the_last_job_restores_the_state_before_it(
     fresh_env: Any, config: dict[str, Any], files: list[tuple[str, str]]
 ) -> None:
+    env: Env = fresh_env(config)
+    try:
+        check_revert_of_last(env, config, files)
+    finally:
+        env.close()
+
+
+@pytest.mark.slow
+@THOROUGH
+@given(config=tenant_config, files=imports)
+def test_reverting_the_last_job_restores_the_state_before_it_thoroughly(
+    fresh_env: Any, config: dict[str, Any], files: list[tuple[str, str]]
+) -> None:
+    """The same rule over 300 examples (--run-slow)."""
     env: Env = fresh_env(config)
     try:
         check_revert_of_last(env, config, files)
@@ -169,7 +191,7 @@ def check_revert_of_last(env: Env, config: dict[str, Any], files: list[tuple[str
         status, licence_type = after["learners"][lid][5:7]
         assert (status, licence_type) == ("deactivated", None)
     leavers = config["inactive_group"]
-    assert {name for lid, name in after["members"] if lid in created} <= ({leavers} if leavers else set())
+    assert {name for lid, name, _ in after["members"] if lid in created} <= ({leavers} if leavers else set())
     # The groups and the export are as before; only a new inactive group may be there for them.
     new_group = leavers if created and leavers and leavers not in before["groups"] else None
     assert [g for g in after["groups"] if g != new_group] == before["groups"]
