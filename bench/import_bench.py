@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,7 +45,11 @@ LICENSE = "default_license_learning_proalllanguages"
 CHANGE_PCT = 1.0
 DROP_PCT = 5.0
 TARGET_ROWS = 1_000_000
-TARGET_SECONDS = {"a": 30.0, "b": 15.0, "c": 15.0, "d": 10.0}  # SQLite, N = 1,000,000
+TARGET_SECONDS = {  # N = 1,000,000; the issue sets no export target for PostgreSQL
+    "sqlite": {"a": 30.0, "b": 15.0, "c": 15.0, "d": 10.0},
+    "postgresql": {"a": 30.0, "b": 10.0, "c": 12.0},
+}
+DB_CPU_POLL_S = 0.1
 TARGET_RSS_MB = 256.0
 MIN_ROWS_TIME_JUDGED = 100_000  # below this, process start-up dominates a linearly scaled target
 TARGET_RSS_RATIO = 1.5
@@ -81,10 +86,17 @@ class Child:
     stdout: str
     stderr: str
     timed_out: bool = False
+    cpu_s: float = 0.0  # user + system time of the orgsyncd process
+    db_cpu_s: float | None = None  # of the PostgreSQL backends that served it, when measurable
 
     @property
     def rss_mb(self) -> float:
         return self.maxrss_kib / 1024
+
+    @property
+    def cpu_text(self) -> str:
+        db = "" if self.db_cpu_s is None else f" + {self.db_cpu_s:.1f} db"
+        return f"{self.cpu_s:.1f}{db}"
 
 
 @dataclass
@@ -144,14 +156,15 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(argv: list[str], log_stem: Path, timeout: float) -> Child:
+def run_child(argv: list[str], log_stem: Path, timeout: float, db_url: str | None = None) -> Child:
     """Run ``argv`` to completion via measure_child.py, which spawns it from a small process and
-    takes wall time and that command's own peak RSS (``os.wait4``)."""
+    takes wall time, CPU time and that command's own peak RSS (``os.wait4``); with ``db_url``,
+    also the CPU time of the PostgreSQL backends serving that database."""
     out_path, err_path = log_stem.with_suffix(".out"), log_stem.with_suffix(".err")
     measured = log_stem.with_suffix(".measure.json")
     helper = [sys.executable, "-I", "-S", str(MEASURE_CHILD), str(measured), *argv]
     started = time.perf_counter()
-    with out_path.open("wb") as out, err_path.open("wb") as err:
+    with out_path.open("wb") as out, err_path.open("wb") as err, DbCpu(db_url) as db_cpu:
         proc = subprocess.Popen(
             helper, stdout=out, stderr=err, cwd=REPO, env=child_env(), start_new_session=True
         )
@@ -165,7 +178,73 @@ def run_child(argv: list[str], log_stem: Path, timeout: float) -> Child:
         stdout=out_path.read_text(encoding="utf-8", errors="replace"),
         stderr=err_path.read_text(encoding="utf-8", errors="replace"),
         timed_out=timed_out,
+        cpu_s=float(stats.get("utime_s", 0.0)) + float(stats.get("stime_s", 0.0)),
+        db_cpu_s=db_cpu.total,
     )
+
+
+class DbCpu:
+    """CPU seconds of the PostgreSQL backends serving one database while a step runs.
+
+    On a shared machine wall time grows with everyone else's load; CPU time much less, so it is
+    what compares two runs. Measurable only when the server runs on this machine (it reads
+    ``/proc/<pid>/stat`` of the backends ``pg_stat_activity`` lists, every 0.1 s, so a backend's
+    last 0.1 s before it exits can be missed); ``total`` is None otherwise."""
+
+    def __init__(self, db_url: str | None) -> None:
+        self.db_url = db_url
+        self.total: float | None = None
+        self._seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> DbCpu:
+        conn = self._connect()
+        if conn is not None:
+            self._thread = threading.Thread(target=self._poll, args=(conn,), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.total = sum(self._seen.values())
+
+    def _connect(self) -> Any:
+        if self.db_url is None or not Path("/proc/self/stat").exists():
+            return None
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.db_url)
+        if url.host not in (None, "", "localhost", "127.0.0.1", "::1"):
+            return None
+        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            return psycopg.connect(conninfo, autocommit=True)
+        except psycopg.Error:
+            return None
+
+    def _poll(self, conn: Any) -> None:
+        query = (
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        with conn:
+            while not self._stop.is_set():
+                for (pid,) in conn.execute(query).fetchall():
+                    seconds = _proc_cpu_s(int(pid))
+                    if seconds is not None:
+                        self._seen[int(pid)] = seconds
+                self._stop.wait(DB_CPU_POLL_S)
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -346,6 +425,7 @@ class Backend:
     logs: Path
     python: str
     timeout: float
+    db_url: str | None = None  # PostgreSQL: whose backends' CPU time is measured
 
     def cli(self, *args: str) -> list[str]:
         return [self.python, "-m", "orgsyncd", "--config", str(self.config), *args]
@@ -353,7 +433,7 @@ class Backend:
 
 def import_step(b: Backend, step: str, roster: Path, rows: int, mode: str, r: Rosters) -> StepResult:
     argv = b.cli("import", str(roster), "--tenant", TENANT, "--mode", mode)
-    child = run_child(argv, b.logs / f"{b.name}-{step}", b.timeout)
+    child = run_child(argv, b.logs / f"{b.name}-{step}", b.timeout, b.db_url)
     result = StepResult(b.name, step, rows, child, r.small_rows if step == "s" else r.rows)
     if result.ok:
         summary = parse_summary(child.stdout, b.data_dir)
@@ -363,7 +443,8 @@ def import_step(b: Backend, step: str, roster: Path, rows: int, mode: str, r: Ro
 
 def export_step(b: Backend, r: Rosters) -> StepResult:
     out = b.logs.parent / f"export-{b.name}.csv"
-    child = run_child(b.cli("export", "--tenant", TENANT, "-o", str(out)), b.logs / f"{b.name}-d", b.timeout)
+    argv = b.cli("export", "--tenant", TENANT, "-o", str(out))
+    child = run_child(argv, b.logs / f"{b.name}-d", b.timeout, b.db_url)
     result = StepResult(b.name, "d", r.rows, child, r.rows)
     if result.ok:
         exported = count_csv_rows(out) if out.exists() else -1
@@ -376,7 +457,8 @@ def report(result: StepResult) -> StepResult:
     c = result.child
     print(
         f"[{result.backend}] {STEP_NAMES[result.step]}: {result.rows:,} rows in {c.wall_s:.2f} s "
-        f"= {result.rows_per_s:,.0f} rows/s, peak RSS {c.rss_mb:.1f} MB, exit {c.returncode}",
+        f"= {result.rows_per_s:,.0f} rows/s, CPU {c.cpu_text} s, peak RSS {c.rss_mb:.1f} MB, "
+        f"exit {c.returncode}",
         flush=True,
     )
     if c.timed_out:
@@ -418,7 +500,8 @@ def setup_backend(
     (root / "logs").mkdir(parents=True, exist_ok=True)
     data_dir = root / "data"
     config = write_config(root / "orgsyncd.toml", data_dir, database_url)
-    return Backend(name, config, data_dir, root / "logs", args.python, args.timeout)
+    db_url = None if database_url.startswith("sqlite") else database_url
+    return Backend(name, config, data_dir, root / "logs", args.python, args.timeout, db_url)
 
 
 @contextlib.contextmanager
@@ -477,7 +560,7 @@ def verdict(result: StepResult) -> str:
     if not result.ok:
         return "TIMEOUT" if result.child.timed_out else f"FAILED (exit {result.child.returncode})"
     problems, note = [], ""
-    target_s = TARGET_SECONDS.get(result.step)
+    target_s = TARGET_SECONDS[result.backend].get(result.step)
     if target_s is not None and result.roster_rows < MIN_ROWS_TIME_JUDGED:
         note = " (time not judged below 100k rows)"
     elif target_s is not None:
@@ -490,8 +573,8 @@ def verdict(result: StepResult) -> str:
     return text + note + (" ⚠" if result.warnings else "")
 
 
-def target_text(step: str) -> str:
-    seconds = TARGET_SECONDS.get(step)
+def target_text(backend: str, step: str) -> str:
+    seconds = TARGET_SECONDS[backend].get(step)
     if seconds is None:
         return f"≤{TARGET_RSS_MB:.0f} MB"
     return f"≤{seconds:.0f} s @1M (≥{TARGET_ROWS / seconds:,.0f} rows/s), ≤{TARGET_RSS_MB:.0f} MB"
@@ -499,13 +582,14 @@ def target_text(step: str) -> str:
 
 def markdown_table(results: list[StepResult]) -> str:
     lines = [
-        "| backend | step | rows | wall s | rows/s | peak RSS MB | target | result |",
-        "|---|---|---:|---:|---:|---:|---|---|",
+        "| backend | step | rows | wall s | rows/s | CPU s | peak RSS MB | target | result |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.backend} | {STEP_NAMES[r.step]} | {r.rows:,} | {r.child.wall_s:.2f} | "
-            f"{r.rows_per_s:,.0f} | {r.child.rss_mb:.1f} | {target_text(r.step)} | {verdict(r)} |"
+            f"{r.rows_per_s:,.0f} | {r.child.cpu_text} | {r.child.rss_mb:.1f} | "
+            f"{target_text(r.backend, r.step)} | {verdict(r)} |"
         )
     return "\n".join(lines)
 
