@@ -13,6 +13,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
+LEARNER_FILLFACTOR = 90
+
 
 class Tenant(SQLModel, table=True):
     __tablename__ = "tenant"
@@ -39,6 +41,9 @@ class Learner(SQLModel, table=True):
             sqlite_where=text(MISSING_ONLY),
             postgresql_where=text(MISSING_ONLY),
         ),
+        # Room on each page for a changed row's new version: a re-import that changes names,
+        # titles or fingerprints then updates in place (HOT) instead of adding index entries.
+        {"postgresql_with": {"fillfactor": LEARNER_FILLFACTOR}},
     )
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: int

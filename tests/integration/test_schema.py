@@ -14,6 +14,7 @@ from sqlmodel import SQLModel
 import orgsyncd
 from orgsyncd.store import tables  # noqa: F401  (registers the models)
 from orgsyncd.store.db import make_engine, migrate
+from orgsyncd.store.tables import LEARNER_FILLFACTOR
 from tests.helpers import LIC, Env, roster
 
 MIGRATIONS = Path(orgsyncd.__file__).resolve().parent / "migrations"
@@ -62,6 +63,9 @@ def test_dropping_the_bulk_tables_foreign_keys_keeps_the_data(empty_db_url: str,
             for table in ("learner_group", "job"):  # small tables keep theirs
                 assert [fk["referred_table"] for fk in schema.get_foreign_keys(table)] == ["tenant"]
             assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
+            if conn.dialect.name == "postgresql":  # alembic does not compare storage parameters
+                options = conn.execute(text("SELECT reloptions FROM pg_class WHERE relname = 'learner'"))
+                assert options.scalar_one() == [f"fillfactor={LEARNER_FILLFACTOR}"]
             learner = conn.execute(
                 text("SELECT email, last_name, license_type FROM learner WHERE id = 7")
             ).one()
