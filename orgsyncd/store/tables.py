@@ -2,8 +2,9 @@
 
 The tables an import writes in bulk (learner, license_assignment, membership) have no foreign
 keys: PostgreSQL checks one per inserted row, which cost a third of a large first import. Their
-ids come from the import's own plan, written in one transaction under the tenant's lock, and
-nothing deletes tenants, learners or groups; the tests check the references after every import.
+ids come from the import's own plan, written in one transaction under the tenant's lock; nothing
+deletes tenants or learners, and a revert drops only groups nobody is in. The tests check the
+references after every import and revert.
 """
 
 from __future__ import annotations

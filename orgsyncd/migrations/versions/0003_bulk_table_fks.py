@@ -5,9 +5,9 @@ Revises: job_claims
 Create Date: 2026-12-02
 
 An import writes learner, license_assignment and membership with set-based statements, one plan
-in one transaction, under the tenant's lock; nothing deletes learners, tenants or groups. On
-PostgreSQL each of these foreign keys was a per-row trigger (a lookup and a row lock through SPI)
-that took about a third of a 1M-row first import. SQLite runs with foreign keys off, so there
+in one transaction, under the tenant's lock; nothing deletes learners or tenants (a revert drops
+only groups nobody is in). On PostgreSQL each of these foreign keys was a per-row trigger (a
+lookup and a row lock through SPI) that took about a third of a 1M-row first import. SQLite runs with foreign keys off, so there
 they were never checked; they go on both backends so both have one schema.
 """
 
