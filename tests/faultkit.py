@@ -68,6 +68,7 @@ class Installation:
     tenants: Sequence[str]
     daemon_extra: dict[str, Any] = field(default_factory=dict)
     _engine: Engine | None = None
+    _snapshot: Any = None
 
     @property
     def config(self) -> Path:
@@ -163,8 +164,26 @@ class Installation:
         return self._engine
 
     def query(self, sql: str, **params: Any) -> list[Any]:
+        if self._snapshot is not None:
+            return list(self._snapshot.execute(text(sql), params).all())
         with self.engine.connect() as conn:
             return list(conn.execute(text(sql), params).all())
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every query inside reads one database snapshot: while instances race, separate reads
+        could see a job queued and, a moment later, its committed effects."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            else:
+                conn.exec_driver_sql("BEGIN")
+            self._snapshot = conn
+            try:
+                yield
+            finally:
+                self._snapshot = None
+                conn.exec_driver_sql("ROLLBACK")
 
     def jobs(self, tenant: str) -> list[Any]:
         return self.query(
@@ -204,12 +223,19 @@ class Report:
 
 def check_at_rest(inst: Installation, work: Workload, uploaded: dict[str, int]) -> Report:
     """What must hold at any moment, including right after a SIGKILL: nothing half-applied, nothing
-    applied out of order or twice, no results file ahead of the database, no input lost."""
+    applied out of order or twice, no results file ahead of the database, no input lost.
+
+    While instances race, the files are looked at before the database (a file moves on only after
+    its job committed, so a results or archive file seen first is in the snapshot read after) and
+    the database is read in one snapshot."""
     report = Report()
     for tenant in work.tenants:
-        jobs = inst.jobs(tenant)
+        files = _Listing.take(inst, work, tenant, uploaded.get(tenant, 0))
+        with inst.snapshot():
+            jobs = inst.jobs(tenant)
+            audits = _audit_counts(inst, tenant)
+            titles = _titles(inst, tenant)
         by_file = _by_file(jobs, report, tenant)
-        audits = _audit_counts(inst, tenant)
         applied: list[int] = []
         for k in range(1, uploaded.get(tenant, 0) + 1):
             job = by_file.get(work.name(k))
@@ -221,12 +247,12 @@ def check_at_rest(inst: Installation, work: Workload, uploaded: dict[str, int]) 
                 report.fail(f"{tenant} file {k} (job {job.id}) has effects but is {job.status}")
             if done:
                 applied.append(k)
-            _check_input_kept(inst, work, tenant, k, job, report)
-            _check_results_not_ahead(inst, work, tenant, k, job, report)
+            files.check_input_kept(tenant, k, job, report)
+            files.check_results_not_ahead(tenant, k, job, report)
         if applied != list(range(1, len(applied) + 1)):
             report.fail(f"{tenant}: applied out of order: {applied}")
         report.applied[tenant] = applied
-        _check_titles(inst, work, tenant, applied, report)
+        _check_titles(work, tenant, titles, applied, report)
         _check_no_temporaries_visible(inst, tenant, report)
     return report
 
@@ -292,14 +318,17 @@ def _terminal_events(inst: Installation, tenant: str) -> dict[int, int]:
     return {int(job_id): int(count) for job_id, count in rows}
 
 
-def _check_titles(
-    inst: Installation, work: Workload, tenant: str, applied: list[int], report: Report
-) -> None:
+def _titles(inst: Installation, tenant: str) -> dict[str, str]:
     rows = inst.query(
         "SELECT l.email, l.title FROM learner l JOIN tenant t ON t.id = l.tenant_id WHERE t.name = :t",
         t=tenant,
     )
-    titles = dict(rows)
+    return dict(rows)
+
+
+def _check_titles(
+    work: Workload, tenant: str, titles: dict[str, str], applied: list[int], report: Report
+) -> None:
     last = applied[-1] if applied else 0
     expected_new = {f"new{k}@{tenant}.example.com" for k in applied}
     if {e for e in titles if e.startswith("new")} != expected_new:
@@ -313,37 +342,75 @@ def _check_titles(
         report.fail(f"{tenant}: {len(wrong)} base learners' title is not {want!r} (e.g. {wrong[0]!r})")
 
 
-def _check_input_kept(
-    inst: Installation, work: Workload, tenant: str, k: int, job: Any, report: Report
-) -> None:
-    """The upload is in exactly one place with its bytes: inbox, spool (queued) or archive (done)."""
-    data = work.content(tenant, k)
-    name = work.name(k)
-    places: list[str] = []
-    inbox = inst.tenant_dir(tenant, "inbox") / name
-    if inbox.exists():
-        places.append("inbox")
-    spool = inst.spool(tenant)
-    spooled = list(spool.glob(f"*__{name}")) if spool.is_dir() else []
-    archived = list(inst.tenant_dir(tenant, "archive").glob(f"{name[:-4]}.*.csv"))
-    for path in [*spooled, *archived]:
-        if path.read_bytes() != data:
+@dataclass
+class _Listing:
+    """Where each upload of a tenant is, looked at in the order files move (inbox, spool, archive,
+    then results), and once more backwards for "in two places": a file renamed from spool to
+    archive between two forward looks would be seen in both."""
+
+    forward: dict[int, set[str]]
+    backward: dict[int, set[str]]
+    changed: dict[int, list[str]]
+    results: dict[int, list[str]]
+
+    @classmethod
+    def take(cls, inst: Installation, work: Workload, tenant: str, uploaded: int) -> _Listing:
+        ks = range(1, uploaded + 1)
+        changed: dict[int, list[str]] = {k: [] for k in ks}
+        forward = {k: _places(inst, work, tenant, k, changed[k]) for k in ks}
+        results_dir = inst.tenant_dir(tenant, "results")
+        results = {k: [p.name for p in results_dir.glob(f"{work.name(k)[:-4]}.*")] for k in ks}
+        backward = {k: _places(inst, work, tenant, k, changed[k], reverse=True) for k in ks}
+        return cls(forward, backward, changed, results)
+
+    def check_input_kept(self, tenant: str, k: int, job: Any, report: Report) -> None:
+        """The upload is in exactly one place with its bytes: inbox, spool (queued) or archive (done)."""
+        for path in self.changed[k]:
             report.fail(f"{tenant} file {k}: {path} differs from the upload")
-    if len(archived) > 1 or (archived and spooled):
-        report.fail(f"{tenant} file {k}: archived {len(archived)} times, spooled {len(spooled)} times")
-    if archived and (job is None or job.status not in TERMINAL):
-        report.fail(f"{tenant} file {k}: archived but its job is {job.status if job else 'missing'}")
-    if not (places or spooled or archived):
-        report.fail(f"{tenant} file {k}: the upload is gone (not in inbox, spool or archive)")
+        if "archive*" in self.backward[k] or {"archive", "spool"} <= self.backward[k]:
+            report.fail(f"{tenant} file {k}: archived and spooled, or archived twice: {self.backward[k]}")
+        if "archive" in self.forward[k] and (job is None or job.status not in TERMINAL):
+            report.fail(f"{tenant} file {k}: archived but its job is {job.status if job else 'missing'}")
+        if not self.forward[k]:
+            report.fail(f"{tenant} file {k}: the upload is gone (not in inbox, spool or archive)")
+
+    def check_results_not_ahead(self, tenant: str, k: int, job: Any, report: Report) -> None:
+        found = self.results[k]
+        if found and (job is None or job.status not in TERMINAL):
+            report.fail(f"{tenant} file {k}: results {found} before the job finished")
 
 
-def _check_results_not_ahead(
-    inst: Installation, work: Workload, tenant: str, k: int, job: Any, report: Report
-) -> None:
-    stem = work.name(k)[:-4]
-    found = list(inst.tenant_dir(tenant, "results").glob(f"{stem}.*"))
-    if found and (job is None or job.status not in TERMINAL):
-        report.fail(f"{tenant} file {k}: results {[p.name for p in found]} before the job finished")
+def _places(
+    inst: Installation, work: Workload, tenant: str, k: int, changed: list[str], reverse: bool = False
+) -> set[str]:
+    """Which of inbox, spool and archive hold upload k (``archive*`` when archived more than once)."""
+    name = work.name(k)
+    data = work.content(tenant, k)
+    spool = inst.spool(tenant)
+
+    def inbox() -> list[Path]:
+        path = inst.tenant_dir(tenant, "inbox") / name
+        return [path] if path.exists() else []
+
+    def spooled() -> list[Path]:
+        return list(spool.glob(f"*__{name}")) if spool.is_dir() else []
+
+    def archived() -> list[Path]:
+        return list(inst.tenant_dir(tenant, "archive").glob(f"{name[:-4]}.*.csv"))
+
+    looks = [("inbox", inbox), ("spool", spooled), ("archive", archived)]
+    places: set[str] = set()
+    for place, look in reversed(looks) if reverse else looks:
+        paths = look()
+        if paths:
+            places.add(place)
+        if place == "archive" and len(paths) > 1:
+            places.add("archive*")
+        for path in paths if place != "inbox" else []:
+            with contextlib.suppress(FileNotFoundError):  # moved on since it was listed
+                if path.read_bytes() != data:
+                    changed.append(str(path))
+    return places
 
 
 def _check_no_temporaries_visible(inst: Installation, tenant: str, report: Report) -> None:
