@@ -11,11 +11,13 @@ one renderer and one redaction step. Callers bind ``tenant``, ``job_id``, ``file
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, Protocol, TextIO
 
 import structlog
@@ -162,7 +164,19 @@ def _json_renderers() -> list[Processor]:
 
 def _console_renderers(colors: bool) -> list[Processor]:
     # plain_traceback for the same reason: the default rich formatter shows locals.
-    return [structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)]
+    return [
+        _clock_time,
+        structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback),
+    ]
+
+
+def _clock_time(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    """A person at a terminal reads the local wall-clock time; the journal keeps the full UTC stamp."""
+    stamp = event.get("timestamp")
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):
+            event["timestamp"] = datetime.fromisoformat(stamp).astimezone().strftime("%H:%M:%S")
+    return event
 
 
 def _install_root_handler(handler: logging.Handler, level: int) -> None:

@@ -183,6 +183,7 @@ class SftpServer:
     ) -> None:
         self._hub = _Hub(settings, on_upload, metrics or NullSftpMetrics())
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._stopped_accepting = False
         self._sweepers: list[asyncio.Task[None]] = []
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
@@ -234,7 +235,8 @@ class SftpServer:
         self._hub.reload(settings)
 
     async def stop_accepting(self) -> None:
-        if self._acceptor is not None:
+        if self._acceptor is not None and not self._stopped_accepting:
+            self._stopped_accepting = True  # close() calls this again after a graceful stop
             self._acceptor.close()
             log.info("sftp_stopped_accepting")
 
