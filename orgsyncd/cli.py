@@ -245,6 +245,8 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
     data = asdict(job)
     for key in ("claim_token", "db_session"):  # internal to the claim
         data.pop(key)
+    if job.finalized:  # the spooled copy is gone; files.input says where the upload is now
+        data.pop("spool_path")
     for key in ("received_at", "started_at", "finished_at", "claimed_at", "lease_expires_at", "file_time"):
         data[key] = iso(data[key])
     data["columns"] = json.loads(job.columns) if job.columns else None

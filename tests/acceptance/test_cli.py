@@ -69,6 +69,7 @@ def test_import_prints_the_summary_and_writes_results(tmp_path: Path) -> None:
     assert [r["outcome"] for r in results] == ["created"] * 3
     shown = run(tmp_path, "--config", str(config), "jobs", "show", str(summary["job_id"]))
     tree = tmp_path / "data/tenants/acme"
+    assert "spool_path" not in json.loads(shown.stdout)  # archived: the spool copy is gone
     assert json.loads(shown.stdout)["files"] == {
         "input": str(tree / f"archive/r.{summary['job_id']}.csv"),
         "results": str(tree / f"results/r.{summary['job_id']}.results.csv"),
