@@ -85,6 +85,9 @@ CODES: Final[dict[str, Code]] = {
     "storage_unavailable": Code(
         JOB, "event: the data directory was full or read-only; the job stays queued and runs again"
     ),
+    "database_unavailable": Code(
+        JOB, "the database did not answer; queuing and runs wait and retry, /readyz is 503, nothing is lost"
+    ),
     "approved": Code(JOB, "event: an operator released the held job; it applies at the next run"),
     "retried": Code(JOB, "event: an operator queued the failed job again"),
     "tenant_silent": Code(JOB, "notification: a tenant sent no file for silent_after_h hours"),

@@ -25,13 +25,16 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import asyncssh
 import structlog
 
 from orgsyncd import sdnotify
 from orgsyncd.config import Settings, load_settings
+from orgsyncd.dbhealth import DatabaseHealth, DatabaseUnavailable
 from orgsyncd.errors import OrgsyncError
+from orgsyncd.health import DataDirCheck, Probes
 from orgsyncd.ingest.sftp import SftpServer
 from orgsyncd.ingest.watcher import InboxWatcher
 from orgsyncd.logging import machine_readable
@@ -40,7 +43,12 @@ from orgsyncd.scheduler import Scheduler
 from orgsyncd.service import Service
 
 RESCAN_MIN_AGE_S = 2.0
+# A spooled input with no job this long after it was linked lost its queuer (to a database
+# outage, or a crash); younger ones may still be being hashed by theirs.
+ORPHAN_MIN_AGE_S = 5.0
+TICK_S = 1.0
 log = structlog.get_logger("orgsyncd.daemon")
+T = TypeVar("T")
 
 # Below TimeoutStopSec=60 in orgsyncd.service: we finish (or give up on a job) before SIGKILL.
 STOP_TIMEOUT_S = 50.0
@@ -103,20 +111,32 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._catch_up: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
+        self._started = False
+        self._probing = False
         # Constructing the pieces starts nothing; start-up below does, in order.
         self.service = Service(settings)
-        self.metrics = Metrics(self.service.queue_depth)
+        self.db = DatabaseHealth(self.service.engine)
+        self.db.on_restored = self._database_restored
+        self.service.db_health = self.db  # queuing waits for the database instead of failing
+        self.service.notifier.db_health = self.db
+        self.metrics = Metrics(self._queue_depth)
         self.service.on_job_finished = self.metrics.job_finished
         self.watcher = InboxWatcher(
             self._inboxes(settings),
             self.service.enqueue_file,
-            # Periodic rescans leave files alone that were written in the last seconds: a local
-            # writer (not SFTP, which publishes by rename) may still be filling them.
-            lambda: self.service.scan_inboxes(min_age_s=RESCAN_MIN_AGE_S),
+            self._rescan,
             settings.daemon.rescan_interval_s,
         )
         self.scheduler = Scheduler(settings, self._run_hourly, self._run_daily)
         self.sftp = SftpServer(settings, self._on_upload, metrics=self.metrics)
+        self.probes = Probes(
+            database=self.db,
+            data_dir=DataDirCheck(settings.daemon.data_dir),
+            started=lambda: self._started,
+            shutting_down=lambda: self.should_exit,
+            sftp_listening=lambda: self.sftp.listening,
+            stuck_threads=self.watcher.stopped_threads,
+        )
 
     # -- signals (the handlers only set flags) -------------------------------------------------
 
@@ -150,6 +170,7 @@ class Daemon:
         code = 1
         with self._captured_signals():
             self._spawn(self._heartbeat())
+            self._spawn(self._tick())
             try:
                 code = await self._startup()
                 if code == 0 and not self.should_exit:
@@ -183,6 +204,7 @@ class Daemon:
                 await step()
             except Exception as exc:
                 return _startup_failed(what, exc)
+        self._started = True
         self._announce()
         return 0
 
@@ -204,8 +226,9 @@ class Daemon:
 
     async def _start_metrics(self) -> None:
         if self.settings.metrics.enabled:
+            routes = {"/healthz": self.probes.live, "/readyz": self.probes.ready}
             self._metrics_server = await asyncio.to_thread(
-                self.metrics.start_http, self.settings.metrics.listen
+                self.metrics.start_http, self.settings.metrics.listen, routes
             )
 
     async def _start_catch_up(self) -> None:
@@ -242,15 +265,51 @@ class Daemon:
             sdnotify.watchdog()
             await asyncio.sleep(interval)
 
+    async def _tick(self) -> None:
+        """The event loop's pulse for /healthz; while the database is away, a probe a second
+        (in a thread), so its return is noticed, logged and acted on at once."""
+        while True:
+            self.probes.loop_ticked()
+            if self.db.reason is not None and not self._probing and not self.should_exit:
+                self._probing = True
+                self._spawn(self._probe_database())
+            await asyncio.sleep(TICK_S)
+
+    async def _probe_database(self) -> None:
+        try:
+            await asyncio.to_thread(self.db.probe)
+        finally:
+            self._probing = False
+
+    def _database_restored(self) -> None:
+        """(In a probe thread.) Queue now what waited: files whose queuing lost the database."""
+        self.watcher.rescan_now()
+
     async def _report_status(self) -> None:
         while True:
             try:
                 text = await asyncio.to_thread(self.service.status_text)
-            except Exception:
-                log.warning("status_unavailable", exc_info=True)
-            else:
-                sdnotify.status(f"{text}; {self.sftp.session_count} SFTP session(s)")
+            except Exception as exc:
+                if not self.db.failed(exc):
+                    log.warning("status_unavailable", exc_info=True)
+                text = f"database unavailable: {self.db.reason}" if self.db.reason else "status unavailable"
+            sdnotify.status(f"{text}; {self.sftp.session_count} SFTP session(s)")
             await asyncio.sleep(STATUS_INTERVAL_S)
+
+    def _queue_depth(self) -> int:
+        """For the metrics gauge (at scrape time); an outage is noted, not logged per scrape."""
+        try:
+            return self.service.queue_depth()
+        except Exception as exc:
+            if self.db.failed(exc):
+                raise DatabaseUnavailable(self.db.reason or "unreachable") from exc
+            raise
+
+    def _rescan(self) -> None:
+        # Periodic rescans leave files alone that were written in the last seconds: a local
+        # writer (not SFTP, which publishes by rename) may still be filling them.
+        self.service.scan_inboxes(min_age_s=RESCAN_MIN_AGE_S)
+        self.service.register_orphans(min_age_s=ORPHAN_MIN_AGE_S)
 
     def _status_text(self) -> str:
         return f"SFTP on {self.settings.sftp.host}:{self.sftp.port}; {len(self.settings.tenants)} tenant(s)"
@@ -264,25 +323,48 @@ class Daemon:
     def _catch_up_run(self) -> None:
         """The hourly run a daemon that was down missed, once, if anything is queued (in a worker
         thread; the scheduler keeps no record of slots that passed while we were down)."""
-        queued = self.service.queue_depth()
+        queued = self._patiently("catch_up", self.service.queue_depth)
         if not queued:
             return
         log.info("catch_up_started", queued=queued)
-        results = self.service.run_due("hourly")
-        log.info("catch_up_finished", jobs=len(results))
+        results = self._patiently("catch_up", lambda: self.service.run_due("hourly"))
+        log.info("catch_up_finished", jobs=len(results or []))
 
     def _run_hourly(self) -> None:
-        self.service.run_due("hourly")
+        self._patiently("hourly", lambda: self.service.run_due("hourly"))
 
     def _run_daily(self) -> None:
         try:
-            self.service.run_due("daily")
+            self._patiently("daily", lambda: self.service.run_due("daily"))
         finally:
             # Exports and pruning do not depend on the imports having gone well.
-            self.service.daily_maintenance()
+            self._patiently("daily_maintenance", self.service.daily_maintenance)
+
+    def _patiently(self, run: str, fn: Callable[[], T]) -> T | None:
+        """A run that waits out a database outage (retrying with backoff, then going on where it
+        stopped: a job it interrupted runs again); None if the daemon stopped meanwhile."""
+        try:
+            return self.service.patiently(fn)
+        except DatabaseUnavailable as exc:
+            if not self.service.stop_requested.is_set():
+                raise
+            log.warning("run_abandoned", run=run, reason=exc.message)
+        except Exception as exc:
+            if not (self.service.stop_requested.is_set() and self.db.failed(exc)):
+                raise
+            log.warning("run_abandoned", run=run, reason=self.db.reason)
+        return None
 
     def _on_upload(self, tenant: str, path: Path, actor: str) -> None:
-        self.service.enqueue_file(tenant, path, actor)
+        if self.db.reason is not None:
+            return  # the database is away: the watcher queues the file, waiting for it
+        try:
+            self.service.enqueue_file(tenant, path, actor, patient=False)
+        except Exception as exc:
+            if not self.db.failed(exc):
+                raise
+            # Lost it just now: the file is in the inbox (or the spool, without a job yet); the
+            # watcher's rescans queue it once the database answers.
 
     def _inboxes(self, settings: Settings) -> dict[str, Path]:
         return {name: self.service.dirs(name).inbox for name in settings.tenants}
@@ -333,13 +415,17 @@ class Daemon:
             ("notifier", lambda: asyncio.to_thread(self.service.notifier.stop), deadline_only),
             ("sftp_sessions", self.sftp.close, deadline_only),
             ("metrics", self._stop_metrics, deadline_only),
-            ("database", lambda: asyncio.to_thread(self.service.close), deadline_only),
+            ("database", lambda: asyncio.to_thread(self._close_database), deadline_only),
         ]
         for name, step, give_up in steps:
             await self._bounded(name, step(), deadline, give_up)
         if self.unfinished:
             log.warning("shutdown_timeout", still_running=self.unfinished, forced=self.force_exit)
         log.info("daemon_stopped")
+
+    def _close_database(self) -> None:
+        self.db.close()
+        self.service.close()
 
     async def _wait_catch_up(self) -> None:
         if self._catch_up is not None:

@@ -2,9 +2,11 @@
 
 ``ORGSYNCD_FAULT=<point>[:<action>][@<n>]`` (several, comma-separated) acts at that point:
 ``raise`` (the default) raises InjectedFault, ``kill`` kills the process outright with SIGKILL (no
-cleanup, like ``kill -9``); ``@n`` acts only the n-th time this process reaches the point (default:
-every time). Tests that run in-process can also ``hook`` a function onto a point, to fill a disk or
-remount it read-only at that very moment. Unset in production: a check is two dict lookups.
+cleanup, like ``kill -9``), ``pause<seconds>`` (``pause3``) logs ``fault_paused`` and sleeps, so a
+test can act at that very moment (stop the database in the middle of a transaction); ``@n`` acts
+only the n-th time this process reaches the point (default: every time). Tests that run in-process
+can also ``hook`` a function onto a point, to fill a disk or remount it read-only at that very
+moment. Unset in production: a check is two dict lookups.
 
 The points, in the order a file passes them: ``after_spool_link`` (queuing), ``during_stage``,
 ``after_stage``, ``after_plan``, ``after_apply``, ``during_results``, ``before_commit``,
@@ -17,6 +19,7 @@ import contextlib
 import functools
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -91,4 +94,11 @@ def _parsed(spec: str) -> tuple[tuple[str, str, int | None], ...]:
 def _act(point: str, action: str) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action.startswith("pause"):
+        import structlog  # only here: the module stays import-free for the common case
+
+        seconds = float(action.removeprefix("pause") or 1)
+        structlog.get_logger("orgsyncd.faults").info("fault_paused", point=point, seconds=seconds)
+        time.sleep(seconds)
+        return
     raise InjectedFault(f"fault injected at {point}")

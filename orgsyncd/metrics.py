@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -25,11 +26,18 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
+from orgsyncd.dbhealth import DatabaseUnavailable
+
 log = structlog.get_logger(__name__)
 
 # Imports range from a few rows (well under a second) to big nightly full syncs (many minutes).
 IMPORT_DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 DEFAULT_LISTEN = "127.0.0.1:9464"
+# A path besides /metrics: called per request (in a request thread), answers (status, plain text).
+Route = Callable[[], tuple[int, str]]
+_WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
 # How often the serving thread checks for stop(); bounds how long stop() blocks.
 _POLL_INTERVAL_S = 0.1
 
@@ -160,11 +168,14 @@ class Metrics:
     def connection_refused(self, limit: str) -> None:
         self._refused.labels(limit=limit).inc()
 
-    def start_http(self, listen: str = DEFAULT_LISTEN) -> MetricsServer:
-        """Serve ``/metrics`` on *listen* (``HOST:PORT``; port 0 picks a free port) in a thread."""
+    def start_http(
+        self, listen: str = DEFAULT_LISTEN, routes: Mapping[str, Route] | None = None
+    ) -> MetricsServer:
+        """Serve ``/metrics`` on *listen* (``HOST:PORT``; port 0 picks a free port) in a thread;
+        *routes*: other paths (``/healthz``, ``/readyz``), each answering (status, plain text)."""
         host, port = parse_listen(listen)
         server_class = _HTTPServer6 if ":" in host else _HTTPServer
-        app = make_wsgi_app(self.registry)
+        app = _with_routes(make_wsgi_app(self.registry), dict(routes or {}))
         server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
         thread = threading.Thread(
             target=server.serve_forever,
@@ -176,6 +187,32 @@ class Metrics:
         bound_port = int(server.server_address[1])
         log.info("metrics_listening", host=host, port=bound_port)
         return MetricsServer(host=host, port=bound_port, _server=server, _thread=thread)
+
+
+def _with_routes(metrics_app: _WsgiApp, routes: dict[str, Route]) -> _WsgiApp:
+    """*metrics_app*, with *routes* answered first: plain text, never cached by a proxy."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        route = routes.get(environ.get("PATH_INFO", ""))
+        if route is None:
+            return metrics_app(environ, start_response)
+        try:
+            status, text = route()
+        except Exception as exc:  # a check that crashed says so; it must not kill the thread
+            log.exception("health_check_failed", path=environ.get("PATH_INFO"))
+            status, text = 503, f"check failed: {type(exc).__name__}: {exc}\n"
+        body = text.encode()
+        start_response(
+            f"{status} {HTTPStatus(status).phrase}",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    return app
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -192,6 +229,8 @@ def _safe_call(fn: Callable[[], int]) -> float:
     # report NaN for this one gauge and keep the other metrics flowing.
     try:
         return float(fn())
+    except DatabaseUnavailable:
+        return math.nan  # logged once, where the outage was noticed
     except Exception:
         log.warning("queue_depth_unavailable", exc_info=True)
         return math.nan

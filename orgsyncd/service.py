@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import hashlib
 import os
 import socket
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +26,7 @@ from orgsyncd import faults
 from orgsyncd.config import Settings
 from orgsyncd.core.header import EMAIL, FIRST, LAST, TITLE, UID
 from orgsyncd.core.results import Summary, escape
+from orgsyncd.dbhealth import DatabaseHealth, DatabaseUnavailable, database_unavailable
 from orgsyncd.decisions import Decisions, parse_decision_name
 from orgsyncd.errors import OrgsyncError, UsageError
 from orgsyncd.jobprogress import progress_path, read_progress, status_line
@@ -56,6 +58,7 @@ RunKind = Literal["hourly", "daily", "now"]
 _SPOOL_SEP = "__"
 _MAX_ATTEMPTS = 3
 _HASH_CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,9 @@ class Service:
         self.decisions = Decisions(self.engine, self.jobs, self.runner)
         self.on_job_finished: Callable[[str, str, dict[str, int], float], None] | None = None
         self.stop_requested = threading.Event()
+        # Set by the daemon: queuing then waits for an unreachable database (retrying with
+        # backoff) instead of failing; commands run once and say what failed.
+        self.db_health: DatabaseHealth | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -159,9 +165,20 @@ class Service:
 
     # -- queueing -----------------------------------------------------------------------------
 
-    def enqueue_file(self, tenant: str, path: Path, actor: str | None = None) -> int | None:
+    def patiently(self, fn: Callable[[], T]) -> T:
+        """``fn()``; in the daemon, retried with backoff while the database is unreachable (until
+        it answers or the daemon stops)."""
+        if self.db_health is None:
+            return fn()
+        return self.db_health.call(fn, self.stop_requested)
+
+    def enqueue_file(
+        self, tenant: str, path: Path, actor: str | None = None, *, patient: bool = True
+    ) -> int | None:
         """Queue one complete file from a tenant's inbox. Idempotent: None when it is already
-        queued, gone, a temporary name or not a regular file.
+        queued, gone, a temporary name or not a regular file. ``patient=False``: do not wait for
+        an unreachable database (the SFTP server's call; the file is queued by the watcher, or
+        by the orphan sweep if it was linked into the spool already).
 
         The spool gets a hard link named after the file's inode and mtime, so exactly one of any
         number of watchers, rescans or instances wins (the link fails for the others), while the
@@ -170,8 +187,9 @@ class Service:
         """
         if tenant not in self.settings.tenants or is_temporary_name(path.name):
             return None
+        wait = self.patiently if patient else _at_once
         if parse_decision_name(path.name):  # approve-<job> / reject-<job>: a decision, not a roster
-            self.decisions.take_file(tenant, path, actor)
+            wait(lambda: self.decisions.take_file(tenant, path, actor))
             return None
         try:
             info = path.lstat()
@@ -186,7 +204,7 @@ class Service:
         except (FileExistsError, FileNotFoundError):
             return None  # another watcher or instance took it first, or it is gone
         faults.checkpoint("after_spool_link")  # a crash here leaves an orphan that recover() queues
-        return self._register(tenant, spool, actor)
+        return wait(lambda: self._register(tenant, spool, actor))
 
     def _register(self, tenant: str, spool: Path, actor: str | None = None) -> int | None:
         try:  # the spool entry is a hard link of the upload: its mtime is when the upload completed
@@ -210,6 +228,13 @@ class Service:
         if job_id is not None:
             log.info("job_queued", tenant=tenant, job_id=job_id, file=name, bytes=size, deferred=deferred)
         return job_id
+
+    def register_orphans(self, min_age_s: float = 0.0) -> None:
+        """Register spooled inputs that have no job, older than ``min_age_s`` (the daemon's
+        rescans: a queuer that linked a file and then lost the database left one)."""
+        before = time.time() - min_age_s
+        for name in sorted(self.settings.tenants):
+            self.patiently(functools.partial(self._register_orphans, name, before))
 
     def _register_orphans(self, tenant: str, before: float | None = None) -> bool:
         """Register spooled inputs that have no job (their queuer crashed, or is still hashing);
@@ -308,6 +333,14 @@ class Service:
         return summary
 
     def _attempt_failed(self, job: JobRecord, exc: Exception) -> None:
+        unreachable = database_unavailable(exc)
+        if unreachable is not None:
+            # Not the file's fault and no attempt counted. The server rolled the transaction back
+            # (or, had it committed, the next run finalizes the job); what is on disk is left for
+            # the next attempt to overwrite. The run stops here; in the daemon it is retried
+            # once the database answers, and runs this job again.
+            log.info("job_interrupted", tenant=job.tenant, job_id=job.id, reason=unreachable)
+            raise DatabaseUnavailable(unreachable) from exc
         if not self._still_queued(job):  # it committed: its results wait to be moved in, keep them
             log.error("job_finish_interrupted", tenant=job.tenant, job_id=job.id, error=repr(exc))
             return
@@ -563,6 +596,10 @@ def storage_trouble(exc: BaseException) -> str | None:
             return str(err).splitlines()[0]
         todo += [err.__cause__, err.__context__, getattr(err, "orig", None)]
     return None
+
+
+def _at_once(fn: Callable[[], T]) -> T:
+    return fn()
 
 
 def _cell(value: str | None) -> str:

@@ -67,6 +67,7 @@ class Installation:
     db_url: str
     tenants: Sequence[str]
     daemon_extra: dict[str, Any] = field(default_factory=dict)
+    authorized_keys: dict[str, Path] = field(default_factory=dict)  # tenant -> key file, for SFTP
     _engine: Engine | None = None
     _snapshot: Any = None
 
@@ -97,6 +98,11 @@ class Installation:
         for tenant in self.tenants:
             lines += [
                 f'[tenants."{tenant}"]',
+                *(
+                    [f'authorized_keys = "{self.authorized_keys[tenant]}"']
+                    if tenant in self.authorized_keys
+                    else []
+                ),
                 f"licenses = {{ {LIC} = 0 }}",
                 "max_deactivation_ratio = 1.0",
                 "",

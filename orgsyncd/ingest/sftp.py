@@ -230,6 +230,11 @@ class SftpServer:
     def session_count(self) -> int:
         return self._hub.session_count
 
+    @property
+    def listening(self) -> bool:
+        """Accepting connections (started, and not stopped since)."""
+        return self._acceptor is not None and bool(self._acceptor.is_serving())
+
     def reload(self, settings: Settings) -> None:
         """New tenants, keys and limits apply to new logins; open sessions keep what they had."""
         self._hub.reload(settings)

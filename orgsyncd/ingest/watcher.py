@@ -108,6 +108,21 @@ class InboxWatcher:
             # A new tenant's inbox may already hold files that no event will ever report.
             self._ticker.poke()
 
+    def rescan_now(self) -> None:
+        """Rescan at once rather than at the next tick (the database is back: queue what waited)."""
+        self._ticker.poke()
+
+    def stopped_threads(self) -> list[str]:
+        """The watcher's threads that should be running and are not (for ``/healthz``)."""
+        with self._lock:
+            if self._state != "running":
+                return []
+            observer = self._observer
+        threads = {"watcher enqueue": self._worker.alive(), "watcher rescan": self._ticker.alive()}
+        if observer is not None:
+            threads["inotify observer"] = observer.is_alive()
+        return [name for name, alive in threads.items() if not alive]
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop watching; wait up to ``timeout`` seconds for a running callback to return."""
         with self._lock:
@@ -243,6 +258,9 @@ class _EnqueueWorker:
     def start(self) -> None:
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self, timeout: float) -> bool:
         """Stop after the running call, if any; queued paths are left to the start-up scan."""
         self._stopping.set()
@@ -321,6 +339,9 @@ class _Ticker:
 
     def start(self) -> None:
         self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def poke(self) -> None:
         self._wake.set()

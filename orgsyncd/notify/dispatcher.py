@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from orgsyncd.config import Settings
+from orgsyncd.dbhealth import DatabaseHealth
 from orgsyncd.notify.messages import WEBHOOK, destinations, human_urls, resolve, retry_delay_s, silent_after_h
 from orgsyncd.notify.senders import SendFailed, check_apprise_urls, post_webhook, send_apprise
 from orgsyncd.store.jobs import JobStore, utcnow
@@ -40,6 +41,9 @@ class Notifier:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._silence_checked = 0.0
+        # The daemon's: an unreachable database is then noted there (one warning for the whole
+        # outage) instead of a line per round.
+        self.db_health: DatabaseHealth | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -79,9 +83,11 @@ class Notifier:
             try:
                 self.round(silence=True)
             except OperationalError as exc:  # the database is busy or away: next round
-                log.warning("notify_round_failed", error=str(exc.orig or exc).splitlines()[0])
-            except Exception:
-                log.exception("notify_round_failed")
+                if self.db_health is None or not self.db_health.failed(exc):
+                    log.warning("notify_round_failed", error=str(exc.orig or exc).splitlines()[0])
+            except Exception as exc:
+                if self.db_health is None or not self.db_health.failed(exc):
+                    log.exception("notify_round_failed")
             self._wake.wait(self._sleep_s())
             self._wake.clear()
         log.info("notifier_stopped")
