@@ -15,6 +15,7 @@ import click
 from orgsyncd.codes import where_to_read
 from orgsyncd.config import Settings, load_settings
 from orgsyncd.core.results import Summary, iso
+from orgsyncd.dbhealth import DatabaseUnavailable, database_unavailable
 from orgsyncd.errors import OrgsyncError, UsageError
 from orgsyncd.logging import configure_logging, machine_readable
 from orgsyncd.paths import result_paths
@@ -73,6 +74,9 @@ class OrgsyncGroup(click.Group):
             app = ctx.find_object(AppContext)
             if app is not None and app.debug:
                 raise
+            unreachable = database_unavailable(exc)
+            if unreachable is not None:  # not a bug: say what to look at, in one line
+                _fail(str(DatabaseUnavailable(unreachable)), 1)
             _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)", 1)
 
 

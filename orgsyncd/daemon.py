@@ -348,7 +348,7 @@ class Daemon:
         except DatabaseUnavailable as exc:
             if not self.service.stop_requested.is_set():
                 raise
-            log.warning("run_abandoned", run=run, reason=exc.message)
+            log.warning("run_abandoned", run=run, reason=exc.reason)
         except Exception as exc:
             if not (self.service.stop_requested.is_set() and self.db.failed(exc)):
                 raise

@@ -52,6 +52,10 @@ class DatabaseUnavailable(OrgsyncError):
 
     code = "database_unavailable"
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the database is unreachable: {reason}")
+        self.reason = reason
+
 
 def database_unavailable(exc: BaseException) -> str | None:
     """Why the database is unreachable, when that is what *exc* (or an exception it came from)
@@ -64,7 +68,7 @@ def database_unavailable(exc: BaseException) -> str | None:
             continue
         seen.add(id(err))
         if isinstance(err, DatabaseUnavailable):
-            return err.message
+            return err.reason
         if isinstance(err, DBAPIError) and err.connection_invalidated:
             return _first_line(err.orig or err)
         if _is_gone(err):

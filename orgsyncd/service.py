@@ -325,6 +325,8 @@ class Service:
         except OrgsyncError:
             raise
         except Exception as exc:
+            if database_unavailable(exc) is not None:
+                raise self._interrupted(job, exc) from exc
             self._attempt_failed(job, exc)
             return None
         self.notifier.wake()  # the outcome may have written an event
@@ -332,15 +334,17 @@ class Service:
             self.on_job_finished(job.tenant, summary.status, summary.counts, time.monotonic() - clock)
         return summary
 
+    def _interrupted(self, job: JobRecord, exc: Exception) -> DatabaseUnavailable:
+        """The job lost the database: not the file's fault, and no attempt is counted (nothing can
+        be recorded anyway). The server rolled its transaction back (or, had it committed just
+        before, the next run finalizes it); what is on disk is left for the next attempt to
+        overwrite. The run must stop here and raise this: in the daemon it is retried once the
+        database answers (``Daemon._patiently``), and runs this job again."""
+        reason = database_unavailable(exc) or "unreachable"
+        log.info("job_interrupted", tenant=job.tenant, job_id=job.id, reason=reason)
+        return DatabaseUnavailable(reason)
+
     def _attempt_failed(self, job: JobRecord, exc: Exception) -> None:
-        unreachable = database_unavailable(exc)
-        if unreachable is not None:
-            # Not the file's fault and no attempt counted. The server rolled the transaction back
-            # (or, had it committed, the next run finalizes the job); what is on disk is left for
-            # the next attempt to overwrite. The run stops here; in the daemon it is retried
-            # once the database answers, and runs this job again.
-            log.info("job_interrupted", tenant=job.tenant, job_id=job.id, reason=unreachable)
-            raise DatabaseUnavailable(unreachable) from exc
         if not self._still_queued(job):  # it committed: its results wait to be moved in, keep them
             log.error("job_finish_interrupted", tenant=job.tenant, job_id=job.id, error=repr(exc))
             return

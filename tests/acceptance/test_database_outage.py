@@ -141,6 +141,11 @@ def test_uploads_while_postgresql_is_down_are_held_then_queued_and_imported_once
     assert not daemon.events("job_queued", file=work.name(2))  # (it cannot be: no database)
     assert site.readyz()[0] == 503 and daemon.proc.poll() is None
     daemon.wait_event("database_unavailable")
+    # A command meanwhile does not wait: one sentence naming the database, exit 1, no traceback.
+    assert site.inst.run("jobs", "list") == 1
+    said = (site.inst.root / "cli.out").read_text(encoding="utf-8")
+    assert said.startswith("orgsyncd: ") and "database" in said and "Connection refused" in said, said
+    assert len(said.splitlines()) == 1, said
 
     cluster.start()
     site.wait_ready()
