@@ -120,6 +120,7 @@ class Daemon:
         self.service.db_health = self.db  # queuing waits for the database instead of failing
         self.service.notifier.db_health = self.db
         self.metrics = Metrics(self._queue_depth)
+        self.metrics.set_database_up_fn(lambda: self.db.reason is None)
         self.service.on_job_finished = self.metrics.job_finished
         self.watcher = InboxWatcher(
             self._inboxes(settings),

@@ -90,6 +90,12 @@ class Metrics:
             registry=self.registry,
         )
         self.set_queue_depth_fn(queue_depth_fn or (lambda: 0))
+        self._database_up = Gauge(
+            "orgsyncd_database_up",
+            "1 while the database answers (as this instance last found it), 0 during an outage.",
+            registry=self.registry,
+        )
+        self._database_up.set(1)
         # Memory, CPU, open fds and start time of this process, for the usual dashboards.
         ProcessCollector(registry=self.registry)
 
@@ -139,6 +145,10 @@ class Metrics:
     def set_queue_depth_fn(self, fn: Callable[[], int]) -> None:
         """Use *fn* for the queue depth; it is called at scrape time, in the HTTP thread."""
         self._queue_depth.set_function(lambda: _safe_call(fn))
+
+    def set_database_up_fn(self, fn: Callable[[], bool]) -> None:
+        """Use *fn* for ``orgsyncd_database_up``, called at scrape time (it must not query)."""
+        self._database_up.set_function(lambda: 1.0 if fn() else 0.0)
 
     def job_finished(self, tenant: str, status: str, counts: Mapping[str, int], seconds: float) -> None:
         """Record one finished job: its status, its row outcomes and how long it took."""

@@ -76,6 +76,11 @@ class Outage:
     def healthz(self) -> tuple[int, str]:
         return probe(self.metrics_port, "/healthz")
 
+    def metric(self, name: str) -> str:
+        status, text = probe(self.metrics_port, "/metrics")
+        assert status == 200
+        return next(line.split()[1] for line in text.splitlines() if line.startswith(f"{name} "))
+
     def upload(self, k: int) -> None:
         """File k over SFTP, a session of its own (as an HRIS export job runs); it must succeed and
         stay listed in inbox/."""
@@ -133,6 +138,8 @@ def test_uploads_while_postgresql_is_down_are_held_then_queued_and_imported_once
     body = site.wait_unready()
     assert "connection" in body or "server" in body, body  # libpq's reason, as it said it
     assert site.healthz() == (200, "ok\n")  # alive: restarting it would not bring the database back
+    assert site.metric("orgsyncd_database_up") == "0.0"
+    assert site.metric("orgsyncd_queue_depth") == "NaN"
     for k in range(2, 6):
         site.upload(k)
     time.sleep(3.0)  # several retries meanwhile, quietly
@@ -149,6 +156,7 @@ def test_uploads_while_postgresql_is_down_are_held_then_queued_and_imported_once
 
     cluster.start()
     site.wait_ready()
+    assert site.metric("orgsyncd_database_up") == "1.0"
     site.upload(6)
     site.wait_all_queued()
     assert site.inst.run("run-now") == 0
