@@ -17,11 +17,13 @@ decided as ``inbox:<tenant>``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -112,13 +114,21 @@ class Decisions:
 
     # -- decision files ----------------------------------------------------------------------
 
-    def take_file(self, tenant: str, path: Path, actor: str | None) -> None:
+    def take_file(
+        self,
+        tenant: str,
+        path: Path,
+        actor: str | None,
+        wait: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
         """Decide what an ``approve-<job>`` / ``reject-<job>`` file in *tenant*'s inbox asks.
 
         Like a roster, the file is taken by hard-linking it into the spool: exactly one of any
         number of watchers, rescans and instances wins, and the link count says "taken" even
         after a client changes the file's times. It stays in the inbox for a while (SFTP clients
-        look at what they just uploaded) and a later rescan removes it."""
+        look at what they just uploaded) and a later rescan removes it. *wait*: how to call the
+        decision once the file is taken (the daemon's waits out a database outage, so a file taken
+        meanwhile is decided when it is back rather than at the next start)."""
         try:
             info = path.lstat()
         except FileNotFoundError:
@@ -138,7 +148,11 @@ class Decisions:
             os.link(path, spool)
         except (FileExistsError, FileNotFoundError):
             return  # another watcher or instance took it first, or it is gone
-        self._decide_spooled(tenant, spool, path.name, actor)
+        decide = functools.partial(self._decide_spooled, tenant, spool, path.name, actor)
+        if wait is None:
+            decide()
+        else:
+            wait(decide)
 
     def recover_spooled(self, tenant: str, spool: Path) -> None:
         """At start-up: a decision file taken into the spool by a process that died before it

@@ -189,7 +189,7 @@ class Service:
             return None
         wait = self.patiently if patient else _at_once
         if parse_decision_name(path.name):  # approve-<job> / reject-<job>: a decision, not a roster
-            wait(lambda: self.decisions.take_file(tenant, path, actor))
+            self.decisions.take_file(tenant, path, actor, wait)
             return None
         try:
             info = path.lstat()
