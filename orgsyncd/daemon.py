@@ -112,7 +112,6 @@ class Daemon:
         self._catch_up: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
         self._started = False
-        self._probing = False
         # Constructing the pieces starts nothing; start-up below does, in order.
         self.service = Service(settings)
         self.db = DatabaseHealth(self.service.engine)
@@ -269,18 +268,13 @@ class Daemon:
     async def _tick(self) -> None:
         """The event loop's pulse for /healthz; while the database is away, a probe a second
         (in a thread), so its return is noticed, logged and acted on at once."""
+        probe: asyncio.Future[str | None] | None = None
         while True:
             self.probes.loop_ticked()
-            if self.db.reason is not None and not self._probing and not self.should_exit:
-                self._probing = True
-                self._spawn(self._probe_database())
+            idle = probe is None or probe.done()
+            if self.db.reason is not None and idle and not self.should_exit:
+                probe = asyncio.ensure_future(asyncio.to_thread(self.db.probe))
             await asyncio.sleep(TICK_S)
-
-    async def _probe_database(self) -> None:
-        try:
-            await asyncio.to_thread(self.db.probe)
-        finally:
-            self._probing = False
 
     def _database_restored(self) -> None:
         """(In a probe thread.) Queue now what waited: files whose queuing lost the database."""
