@@ -20,7 +20,7 @@ from orgsyncd.errors import OrgsyncError, UsageError
 from orgsyncd.logging import configure_logging, machine_readable
 from orgsyncd.paths import result_paths
 from orgsyncd.progress import Bar
-from orgsyncd.service import Service
+from orgsyncd.service import Service, running_text
 from orgsyncd.store.jobs import STATUSES, JobRecord, cli_actor
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -191,6 +191,9 @@ def run_now(app: AppContext, tenant: str | None, daily: bool) -> None:
         click.echo(f"job {result.job_id}  {result.tenant}  {result.file}  {result.status}")
     waiting = service.queue_depth()
     click.echo(f"{len(results)} job(s) processed; {waiting} still queued", err=True)
+    for job in service.jobs.recent(tenant=tenant, status="running"):
+        # another instance's (or one whose instance died: its lease runs out, then it runs again)
+        click.echo(f"job {job.id}  {job.tenant}  {job.file_name}  {running_text(job)}", err=True)
     service.send_notifications()
     if any(r.status == "failed" for r in results):
         sys.exit(1)
@@ -214,9 +217,12 @@ def jobs_list(app: AppContext, tenant: str | None, status: str | None, limit: in
     rows = app.service.jobs.recent(tenant=tenant, status=status, limit=limit)
     click.echo(f"{'ID':>6}  {'TENANT':<16} {'STATUS':<20} {'RECEIVED':<21} FILE")
     for job in rows:
-        click.echo(
+        line = (
             f"{job.id:>6}  {job.tenant:<16} {job.status:<20} {iso(job.received_at) or '':<21} {job.file_name}"
         )
+        if job.status == "running":
+            line += f"  ({running_text(job)})"
+        click.echo(line)
 
 
 @jobs.command("show")
@@ -251,6 +257,8 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
         data.pop(key)
     if job.finalized:  # the spooled copy is gone; files.input says where the upload is now
         data.pop("spool_path")
+    if job.status == "running":  # who has it, since when, and until when unless renewed
+        data["running"] = running_text(job)
     for key in ("received_at", "started_at", "finished_at", "claimed_at", "lease_expires_at", "file_time"):
         data[key] = iso(data[key])
     data["columns"] = json.loads(job.columns) if job.columns else None

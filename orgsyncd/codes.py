@@ -88,6 +88,13 @@ CODES: Final[dict[str, Code]] = {
     "database_unavailable": Code(
         JOB, "the database did not answer; queuing and runs wait and retry, /readyz is 503, nothing is lost"
     ),
+    "lease_expired": Code(
+        JOB, "event: the instance running the job stopped renewing its lease (hung or died); requeued"
+    ),
+    "instance_gone": Code(
+        JOB, "event: the instance running the job died; its attempt rolled back and the job was requeued"
+    ),
+    "attempt_stopped": Code(JOB, "event: the process was stopped mid-job; the job was requeued"),
     "approved": Code(JOB, "event: an operator released the held job; it applies at the next run"),
     "retried": Code(JOB, "event: an operator queued the failed job again"),
     "tenant_silent": Code(JOB, "notification: a tenant sent no file for silent_after_h hours"),

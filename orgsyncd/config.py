@@ -50,6 +50,7 @@ class DaemonConfig(_Section):
     rescan_interval_s: float = Field(default=30.0, gt=0)
     misfire_grace_s: int = Field(default=3600, ge=1)
     instance_name: str | None = None
+    lease_s: float = Field(default=60.0, ge=1)
 
     @field_validator("timezone")
     @classmethod

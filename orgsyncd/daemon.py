@@ -84,6 +84,7 @@ def run_daemon(
             # A job thread is still inside its transaction and would hold up interpreter exit
             # (worker threads are joined) until systemd's SIGKILL. Leaving now rolls it back, and
             # the next start runs it again: the documented outcome of a stop.
+            daemon.service.runner.release_all("the daemon stopped before the job finished")
             _exit_now(code)
     return code
 

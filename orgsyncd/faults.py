@@ -2,7 +2,9 @@
 
 ``ORGSYNCD_FAULT=<point>[:<action>][@<n>]`` (several, comma-separated) acts at that point:
 ``raise`` (the default) raises InjectedFault, ``kill`` kills the process outright with SIGKILL (no
-cleanup, like ``kill -9``), ``pause<seconds>`` (``pause3``) logs ``fault_paused`` and sleeps, so a
+cleanup, like ``kill -9``), ``stop`` stops it with SIGSTOP (a hung
+instance, until someone sends SIGCONT; it then carries on from the point),
+``pause<seconds>`` (``pause3``) logs ``fault_paused`` and sleeps, so a
 test can act at that very moment (stop the database in the middle of a transaction); ``@n`` acts
 only the n-th time this process reaches the point (default: every time). Tests that run in-process
 can also ``hook`` a function onto a point, to fill a disk or remount it read-only at that very
@@ -94,6 +96,9 @@ def _parsed(spec: str) -> tuple[tuple[str, str, int | None], ...]:
 def _act(point: str, action: str) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return
     if action.startswith("pause"):
         import structlog  # only here: the module stays import-free for the common case
 

@@ -10,6 +10,7 @@ next start. So a job is applied once and its result files appear once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -23,7 +24,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from orgsyncd import faults
 from orgsyncd.config import Settings, TenantConfig
@@ -35,7 +37,9 @@ from orgsyncd.core.report import HeldPlan, IssueGroup, ReportData, SeatUsage, re
 from orgsyncd.core.results import ResultsWriter, Summary, empty_counts, summary_status, write_json
 from orgsyncd.core.rows import RowRules, RowValidator, roster_rows
 from orgsyncd.core.workbook import is_workbook_name
-from orgsyncd.errors import FileRejected
+from orgsyncd.dbhealth import database_unavailable
+from orgsyncd.errors import FileRejected, LeaseLost, OrgsyncError
+from orgsyncd.heartbeat import Heartbeat
 from orgsyncd.jobprogress import JobProgress, progress_path
 from orgsyncd.paths import (
     TenantDirs,
@@ -49,7 +53,8 @@ from orgsyncd.paths import (
     tenant_dirs,
 )
 from orgsyncd.sources import RosterSource, TenantFormat, open_source, table_key, tenant_format
-from orgsyncd.store.db import import_cache, is_sqlite, write_transaction
+from orgsyncd.store.claims import Claim, claim_job, release, renew
+from orgsyncd.store.db import import_cache, write_transaction
 from orgsyncd.store.history import last_file_time, last_full_columns
 from orgsyncd.store.importer import (
     Applier,
@@ -63,12 +68,12 @@ from orgsyncd.store.importer import (
 )
 from orgsyncd.store.jobs import (
     QUEUED,
+    RUNNING,
     TERMINAL,
     JobRecord,
     JobStore,
     StateConflict,
     change_state,
-    tenant_lock_key,
     utcnow,
 )
 from orgsyncd.store.plan_file import plan_changes
@@ -78,6 +83,7 @@ from orgsyncd.store.revert import last_audit_id
 log = structlog.get_logger("orgsyncd.import")
 Progress = Callable[[int], None]
 _PROGRESS_EVERY = 16_384
+MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,12 @@ class _Run:
     source: Path
     tracker: JobProgress
     file_time: datetime | None = None  # the HRIS timestamp (hold_stale_files)
+    claim: Claim | None = None  # this attempt's hold on the job (None: an operator's outcome)
+
+    @property
+    def token(self) -> str | None:
+        """Names this attempt's temporary files: a taken-over attempt never writes into ours."""
+        return self.claim.token if self.claim is not None else self.job.claim_token
 
 
 def _request(
@@ -120,30 +132,93 @@ def _request(
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, engine: Engine, jobs: JobStore, actor: str) -> None:
+    def __init__(self, settings: Settings, engine: Engine, jobs: JobStore, actor: str, instance: str) -> None:
         self.settings = settings
         self.engine = engine
         self.jobs = jobs
         self.running: dict[int, JobProgress] = {}  # jobs this process runs now, for its status line
+        self.claims: dict[int, Claim] = {}  # and its claims on them
         self.actor = actor  # who the job_event rows of this runner's outcomes name
+        self.instance = instance  # the name its claims carry
 
     # -- public -----------------------------------------------------------------------------
 
     def run(
-        self, job: JobRecord, *, mode: str | None = None, progress: Progress | None = None
+        self,
+        job: JobRecord,
+        *,
+        mode: str | None = None,
+        progress: Progress | None = None,
+        in_order: bool = True,
     ) -> Summary | None:
-        """Process one queued job. None when another process got to it first."""
+        """Claim queued *job* and process it. None when it was not there to take (another instance
+        has it or its tenant, or it is no longer the tenant's head: see ``claim_job``), or when
+        another instance took it over while we worked (our attempt is void, nothing of it applied).
+
+        An unexpected failure rolls the attempt back and puts the job back in the queue, or fails
+        it after its MAX_ATTEMPTS-th attempt; the exception propagates."""
         tenant = self.settings.tenant(job.tenant)
         dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
         dirs.create()
-        run = _Run(
+        lease_s = self.settings.daemon.lease_s
+        with self.engine.connect() as conn:
+            claim = claim_job(
+                conn, job.id, instance=self.instance, actor=self.actor, lease_s=lease_s, in_order=in_order
+            )
+            if claim is None:
+                return None
+            run = self._new_run(job, tenant, dirs, mode, claim)
+            self.running[job.id] = run.tracker
+            self.claims[job.id] = claim
+            try:
+                with (
+                    structlog.contextvars.bound_contextvars(
+                        tenant=job.tenant, job_id=job.id, file=job.file_name
+                    ),
+                    Heartbeat(self.engine, lease_s, lambda c: renew(c, claim, lease_s), job_id=job.id),
+                ):
+                    return self._attempt(conn, run, progress)
+            except LeaseLost as exc:
+                log.warning("job_attempt_void", tenant=job.tenant, job_id=job.id, reason=str(exc))
+                self.discard_temporaries(job, claim.token)
+                return None
+            except Exception as exc:
+                self._attempt_failed(run, exc)
+                raise
+            except BaseException:  # interrupted: the job goes back to the queue at once
+                self._release(run, QUEUED, code="attempt_stopped", message="the attempt was stopped")
+                raise
+            finally:
+                self.running.pop(job.id, None)
+                self.claims.pop(job.id, None)
+                run.tracker.finished()
+
+    def release_all(self, message: str) -> None:
+        """Put the jobs this process still runs back in the queue (it is about to exit without
+        waiting for them; if one commits after all, its outcome stands and this is a no-op)."""
+        for claim in list(self.claims.values()):
+            try:  # SQLite: the job's own transaction may hold the lock; the next start reclaims it
+                with write_transaction(self.engine, busy_ms=2000) as conn:
+                    release(
+                        conn, claim, QUEUED, actor=self.actor, code="attempt_stopped", message=message,
+                        lease_expires_at=None, db_session=None,
+                    )  # fmt: skip
+            except (StateConflict, LeaseLost, SQLAlchemyError):
+                continue
+            log.warning("job_requeued_at_exit", job_id=claim.job_id)
+
+    def _new_run(
+        self, job: JobRecord, tenant: TenantConfig, dirs: TenantDirs, mode: str | None, claim: Claim
+    ) -> _Run:
+        source = self.input_path(job)
+        return _Run(
             job=job,
             tenant=tenant,
             dirs=dirs,
             # A held job re-runs in the mode it was planned in (an `import --mode` override too).
             mode=mode or job.mode or mode_from_name(job.file_name) or tenant.sync_mode,
             started=utcnow(),
-            source=self.input_path(job),
+            source=source,
             tracker=JobProgress(
                 job_id=job.id,
                 tenant=job.tenant,
@@ -151,22 +226,89 @@ class JobRunner:
                 size=job.size,
                 path=progress_path(dirs.spool, job.id),
             ),
-            file_time=self.file_time(job.file_name, self.input_path(job)),
+            file_time=self.file_time(job.file_name, source),
+            claim=claim,
         )
-        self.running[job.id] = run.tracker
+
+    def _attempt(self, conn: Connection, run: _Run, progress: Progress | None) -> Summary | None:
+        job = run.job
+        if not is_roster_name(job.file_name):
+            return self._file_failed(run, self._unsupported(job))
+        earlier = self.jobs.earlier_applied(job.tenant_id, job.sha256, job.id)
+        if earlier is not None:
+            return self._duplicate(run, earlier)
+        return self._import(conn, run, progress)
+
+    # -- an attempt that did not get to an outcome ------------------------------------------
+
+    def _attempt_failed(self, run: _Run, exc: Exception) -> None:
+        job = run.job
+        if database_unavailable(exc) is not None:
+            # Nothing can be recorded, and the server rolled the attempt back. The claim is
+            # reclaimed once the database answers (its session is gone) and no attempt is counted.
+            return
+        if isinstance(exc, OrgsyncError):  # ours (an injected fault): rolled back, not counted
+            self._release(run, QUEUED, code=exc.code, message=str(exc))
+            return
+        status = self._status_now(run)
+        if status == "taken_over":  # another instance has it: this attempt is void (the lease ran out)
+            log.warning("job_attempt_void", tenant=job.tenant, job_id=job.id, reason=repr(exc))
+            self.discard_temporaries(job, run.token)
+            return
+        if status != "ours":  # it committed: its results wait to be moved in, keep them
+            log.error("job_finish_interrupted", tenant=job.tenant, job_id=job.id, error=repr(exc))
+            return
+        self.discard_temporaries(job, run.token)  # an aborted attempt's results must never be moved in
+        trouble = storage_trouble(exc)
+        if trouble is not None:
+            self._storage_failed(run, trouble)
+            return
+        attempts = job.attempts + 1
+        log.exception("job_attempt_failed", tenant=job.tenant, job_id=job.id, attempts=attempts)
+        message = f"internal error on attempt {attempts}: {type(exc).__name__}: {exc}"
+        last = attempts >= MAX_ATTEMPTS
+        self._release(
+            run,
+            "failed" if last else QUEUED,
+            code="internal_error",
+            message=message,
+            attempts=attempts,
+            error_message=message,
+            **({"error_code": "internal_error"} if last else {}),
+        )
+
+    def _status_now(self, run: _Run) -> str:
+        """``ours`` (still running on our claim), ``taken_over`` (reclaimed, and maybe finished,
+        by another), ``finished`` (our outcome committed), or ``unknown``."""
         try:
-            with structlog.contextvars.bound_contextvars(
-                tenant=job.tenant, job_id=job.id, file=job.file_name
-            ):
-                if not is_roster_name(job.file_name):
-                    return self._file_failed(run, self._unsupported(job))
-                earlier = self.jobs.earlier_applied(job.tenant_id, job.sha256, job.id)
-                if earlier is not None:
-                    return self._duplicate(run, earlier)
-                return self._import(run, progress)
-        finally:
-            self.running.pop(job.id, None)
-            run.tracker.finished()
+            job = self.jobs.get(run.job.id)
+        except SQLAlchemyError:
+            return "unknown"  # cannot tell: keep what is on disk, the next attempt overwrites it
+        if job.claim_token != run.token or job.status == QUEUED:  # (the token stays on the outcome)
+            return "taken_over"
+        return "ours" if job.status == RUNNING else "finished"
+
+    def _storage_failed(self, run: _Run, trouble: str) -> None:
+        """The disk is full or read-only: not the file's fault and not a bug, so the attempt does
+        not count; the job goes back to the queue and runs again at the next run."""
+        job = run.job
+        message = f"the data directory cannot be written ({trouble}); the job runs again at the next run"
+        log.error("job_storage_unavailable", tenant=job.tenant, job_id=job.id, reason=trouble)
+        self._release(run, QUEUED, code="storage_unavailable", message=message, error_message=message)
+
+    def _release(self, run: _Run, to_status: str, **values: Any) -> None:
+        """End our claim without an outcome; nothing to do if the job finished or was taken over."""
+        assert run.claim is not None
+        try:
+            with write_transaction(self.engine) as conn:
+                release(
+                    conn, run.claim, to_status, actor=self.actor, lease_expires_at=None,
+                    db_session=None, **values,
+                )  # fmt: skip
+        except (StateConflict, LeaseLost):
+            pass
+        except SQLAlchemyError:  # the database is away (or on the same full disk): the lease runs out
+            log.warning("job_release_unrecorded", tenant=run.job.tenant, job_id=run.job.id)
 
     def dry_run(
         self, tenant_name: str, source: Path, *, mode: str, progress: Progress | None = None
@@ -213,7 +355,8 @@ class JobRunner:
     def finalize(self, job: JobRecord) -> None:
         """Move result files into results/ and the input into archive/. Idempotent."""
         dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
-        for tmp, final in self._moves(dirs, job):
+        # The committed attempt's files: the job keeps the token of the claim that recorded it.
+        for tmp, final in self._moves(dirs, job, job.claim_token):
             _move_if_there(tmp, final)
         faults.checkpoint("after_results_moved")
         spool = Path(job.spool_path)
@@ -225,27 +368,24 @@ class JobRunner:
         progress = progress_path(dirs.spool, job.id)
         for leftover in (progress, progress.with_name(progress.name + ".tmp")):
             leftover.unlink(missing_ok=True)
+        if job.status in TERMINAL:  # what attempts killed or taken over left behind
+            for leftover in dirs.spool.glob(f"{job.id}.*.tmp"):
+                leftover.unlink(missing_ok=True)
         self.jobs.mark_finalized(job.id)
 
     # -- the import proper ------------------------------------------------------------------
 
-    def _import(self, run: _Run, progress: Progress | None) -> Summary | None:
+    def _import(self, conn: Connection, run: _Run, progress: Progress | None) -> Summary | None:
         clock = time.monotonic()
-        with self.engine.connect() as conn:
-            if not self._lock_tenant(conn, run.job.tenant_id):
-                return None
-            import_cache(conn)
-            run.tracker.phase_started("staging")
+        import_cache(conn)
+        run.tracker.phase_started("staging")
 
-            def staging_progress(done: int) -> None:
-                run.tracker.bytes_read(done)
-                if progress is not None:
-                    progress(done)
+        def staging_progress(done: int) -> None:
+            run.tracker.bytes_read(done)
+            if progress is not None:
+                progress(done)
 
-            try:
-                outcome = self._stage_plan_apply(conn, run, staging_progress)
-            finally:
-                self._unlock_tenant(conn, run.job.tenant_id)
+        outcome = self._stage_plan_apply(conn, run, staging_progress)
         if isinstance(outcome, FileRejected):
             return self._file_failed(run, outcome)
         if outcome is not None:
@@ -257,7 +397,7 @@ class JobRunner:
     def _stage_plan_apply(
         self, conn: Connection, run: _Run, progress: Progress | None
     ) -> Summary | FileRejected | None:
-        scratch = run.dirs.spool / f"{run.job.id}.sheet.csv.tmp"
+        scratch = run.dirs.spool / f"{_tag(run.job.id, run.token)}.sheet.csv.tmp"
         with open_source(run.source, run.job.tenant, run.tenant, scratch, self._max_bytes) as source:
             try:
                 with conn.begin():
@@ -275,8 +415,7 @@ class JobRunner:
         conn.execution_options(sqlite_immediate=True)
         try:
             with conn.begin():
-                if not self.jobs.is_queued(conn, job.id):
-                    return None  # another process applied it while we were staging
+                self._check_claim(conn, run)  # taken over while we were staging: stop here
                 run.tracker.phase_started("planning", staged.rows)
                 plan = Planner(conn, request).plan()
                 if not job.approved:
@@ -321,6 +460,11 @@ class JobRunner:
         faults.checkpoint("after_commit")
         return summary
 
+    def _check_claim(self, conn: Connection, run: _Run) -> None:
+        status, token, instance = self.jobs.claim_of(conn, run.job.id)
+        if status != RUNNING or token != run.token:
+            raise LeaseLost(f"job {run.job.id} was taken over by {instance}; this attempt is void")
+
     @property
     def _max_bytes(self) -> int:
         return self.settings.daemon.max_roster_bytes
@@ -342,7 +486,7 @@ class JobRunner:
 
     def _write_plan(self, conn: Connection, run: _Run, request: PlanRequest, summary: Summary) -> None:
         """A held job's plan file: one line per learner it would change."""
-        with atomic_text(self._plan_tmp(run.dirs, run.job.id)) as out:
+        with atomic_text(self._plan_tmp(run.dirs, run.job.id, run.token)) as out:
             writer = ChangeWriter(out, PLAN_HEADER)
             changes = plan_changes(
                 conn, request.groups, run.mode, run.tenant.inactive_group, len(request.sources)
@@ -400,24 +544,6 @@ class JobRunner:
         )
         return analyse_header(first[1], rules, fmt.mapping)
 
-    def _lock_tenant(self, conn: Connection, tenant_id: int) -> bool:
-        """PostgreSQL: one instance works a tenant's queue at a time (SQLite has one writer anyway)."""
-        if is_sqlite(conn):
-            return True
-        got = conn.execute(
-            text("SELECT pg_try_advisory_lock(:k)"), {"k": tenant_lock_key(tenant_id)}
-        ).scalar()
-        conn.commit()
-        return bool(got)
-
-    def _unlock_tenant(self, conn: Connection, tenant_id: int) -> None:
-        if is_sqlite(conn):
-            return
-        if conn.in_transaction():
-            conn.rollback()
-        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": tenant_lock_key(tenant_id)})
-        conn.commit()
-
     # -- summaries and result files ---------------------------------------------------------
 
     def _summary(self, run: _Run) -> Summary:
@@ -457,7 +583,7 @@ class JobRunner:
         holds: list[guards.Hold],
     ) -> None:
         layout = staged.layout
-        csv_tmp, json_tmp = self.tmp_paths(run.dirs, run.job.id)
+        csv_tmp, json_tmp = self.tmp_paths(run.dirs, run.job.id, run.token)
         issues = [Issue("error", hold.code, hold.message) for hold in holds] + list(layout.warnings)
         with atomic_text(csv_tmp) as out, contextlib.closing(result_lines(conn, default)) as lines:
             writer = ResultsWriter(out, layout.names, _newline(run))
@@ -498,7 +624,7 @@ class JobRunner:
         if held is not None:
             files["Plan, one line per learner it would change"] = held.plan_file or ""
         data = ReportData(summary=summary.as_dict(), seats=seats, issues=issues, held=held, files=files)
-        with atomic_text(self._report_tmp(run.dirs, run.job.id)) as out:
+        with atomic_text(self._report_tmp(run.dirs, run.job.id, run.token)) as out:
             out.write(render(data))
 
     def _file_failed(self, run: _Run, exc: FileRejected) -> Summary:
@@ -546,7 +672,7 @@ class JobRunner:
 
     def _write_simple(self, run: _Run, summary: Summary, issues: list[Issue]) -> None:
         """Result files of a job that applied nothing (a file-level error, a duplicate, a reject)."""
-        csv_tmp, json_tmp = self.tmp_paths(run.dirs, run.job.id)
+        csv_tmp, json_tmp = self.tmp_paths(run.dirs, run.job.id, run.token)
         if summary.status != "duplicate":
             summary.counts["error"] = sum(1 for i in issues if i.outcome == "error")
         summary.counts["warning"] = sum(1 for i in issues if i.outcome == "warning")
@@ -567,14 +693,17 @@ class JobRunner:
         self.finalize(self.jobs.get(run.job.id))
 
     def _finish(self, conn: Connection, run: _Run, summary: Summary, **values: Any) -> None:
-        """Record the job's outcome in the caller's transaction (StateConflict when another
-        process recorded one first: the caller's transaction then rolls back)."""
+        """Record the job's outcome in the caller's transaction. Fencing: only while our claim is
+        the job's current one (LeaseLost otherwise, and the caller's transaction rolls back, so a
+        job another instance took over is never applied twice)."""
+        assert run.claim is not None
         change_state(
             conn,
             run.job.id,
             summary.status,
             actor=self.actor,
-            allowed=(QUEUED,),
+            allowed=(RUNNING,),
+            token=run.claim.token,
             code=values.get("error_code"),
             message=values.get("error_message"),
             mode=run.mode,
@@ -583,32 +712,41 @@ class JobRunner:
             finished_at=summary.finished_at,
             attempts=run.job.attempts + 1,
             finalized=False,
+            lease_expires_at=None,  # the claim ends with the outcome (instance and token stay)
+            db_session=None,
             **values,
         )
 
-    def tmp_paths(self, dirs: TenantDirs, job_id: int) -> tuple[Path, Path]:
-        return dirs.spool / f"{job_id}.results.csv.tmp", dirs.spool / f"{job_id}.summary.json.tmp"
+    def tmp_paths(self, dirs: TenantDirs, job_id: int, token: str | None = None) -> tuple[Path, Path]:
+        """The temporary names of a job's results and summary, for the attempt holding *token*."""
+        tag = _tag(job_id, token)
+        return dirs.spool / f"{tag}.results.csv.tmp", dirs.spool / f"{tag}.summary.json.tmp"
 
-    def _report_tmp(self, dirs: TenantDirs, job_id: int) -> Path:
-        return dirs.spool / f"{job_id}.report.html.tmp"
+    def _report_tmp(self, dirs: TenantDirs, job_id: int, token: str | None) -> Path:
+        return dirs.spool / f"{_tag(job_id, token)}.report.html.tmp"
 
-    def discard_temporaries(self, job: JobRecord) -> None:
-        """Drop the result files an aborted attempt wrote under temporary names."""
-        for tmp, _ in self._moves(tenant_dirs(self.settings.daemon.data_dir, job.tenant), job):
+    def discard_temporaries(self, job: JobRecord, token: str | None) -> None:
+        """Drop the result files an aborted attempt (the one holding *token*) wrote."""
+        dirs = tenant_dirs(self.settings.daemon.data_dir, job.tenant)
+        for tmp, _ in self._moves(dirs, job, token):
             with contextlib.suppress(OSError):  # a read-only disk: the next attempt overwrites them
                 tmp.unlink(missing_ok=True)
 
-    def _moves(self, dirs: TenantDirs, job: JobRecord) -> list[tuple[Path, Path]]:
+    def _moves(self, dirs: TenantDirs, job: JobRecord, token: str | None) -> list[tuple[Path, Path]]:
         """(temporary, final) for every result file of a job, in the order they are moved."""
         moves = list(
-            zip(self.tmp_paths(dirs, job.id), result_paths(dirs, job.file_name, job.id), strict=True)
+            zip(
+                self.tmp_paths(dirs, job.id, token),
+                result_paths(dirs, job.file_name, job.id),
+                strict=True,
+            )
         )
-        moves.append((self._report_tmp(dirs, job.id), report_path(dirs, job.file_name, job.id)))
-        moves.append((self._plan_tmp(dirs, job.id), plan_path(dirs, job.file_name, job.id)))
+        moves.append((self._report_tmp(dirs, job.id, token), report_path(dirs, job.file_name, job.id)))
+        moves.append((self._plan_tmp(dirs, job.id, token), plan_path(dirs, job.file_name, job.id)))
         return moves
 
-    def _plan_tmp(self, dirs: TenantDirs, job_id: int) -> Path:
-        return dirs.spool / f"{job_id}.plan.csv.tmp"
+    def _plan_tmp(self, dirs: TenantDirs, job_id: int, token: str | None) -> Path:
+        return dirs.spool / f"{_tag(job_id, token)}.plan.csv.tmp"
 
     def _unsupported(self, job: JobRecord) -> FileRejected:
         return FileRejected(
@@ -623,6 +761,39 @@ class JobRunner:
         if spool.exists():
             return spool
         return archive_path(tenant_dirs(self.settings.daemon.data_dir, job.tenant), job.file_name, job.id)
+
+
+def _tag(job_id: int, token: str | None) -> str:
+    """``<job>.<token prefix>``: an attempt's temporary files carry its claim."""
+    return f"{job_id}.{token[:12]}" if token else str(job_id)
+
+
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+_STORAGE_WORDS = (
+    "database or disk is full",
+    "disk I/O error",
+    "readonly database",
+    "unable to open database file",
+    "No space left on device",
+)
+
+
+def storage_trouble(exc: BaseException) -> str | None:
+    """What is wrong with the storage, when that is why ``exc`` happened: a full or read-only disk
+    under the data directory (an OSError), or under SQLite's or PostgreSQL's files."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+            return f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror)
+        if getattr(err, "sqlstate", None) == "53100" or any(w in str(err) for w in _STORAGE_WORDS):
+            return str(err).splitlines()[0]
+        todo += [err.__cause__, err.__context__, getattr(err, "orig", None)]
+    return None
 
 
 def _newline(run: _Run) -> str:

@@ -1,8 +1,8 @@
 """The hourly and daily runs, fired by cron expressions in the daemon's time zone.
 
 APScheduler (3.x ``BackgroundScheduler``) decides *when* a run starts; the database decides what
-it does. Each run calls the service, which claims jobs with row locks, so a slot fired twice, or
-fired by every instance sharing one database, never processes a job twice.
+it does. Each run calls the service, which claims each job in the database (``store/claims.py``),
+so a slot fired twice, or fired by every instance sharing one database, never processes a job twice.
 
 Missed slots:
 
@@ -24,7 +24,8 @@ Cron expressions mean what they mean in crontab(5), wall clock in ``daemon.timez
   (02:30 in Berlin on the last Sunday of March fires at 03:30 CEST), so a daily run still runs.
 * A slot in the hour repeated by the autumn change fires in both occurrences, so a daily 02:00
   in Berlin fires twice that night. The second finds nothing left to process; daily work that is
-  not claimed job by job (exports, pruning) has to be keyed by the local date to stay once a day.
+  not claimed job by job (exports, pruning) is claimed per local date (``slot_claim``, see
+  ``Service.daily_maintenance``), so it stays once a day, also across instances.
 * Restricting both day of month and day of week (neither starts with ``*``) is refused: cron runs
   when *either* matches, APScheduler only when both do, and guessing what was meant is worse than
   saying so.

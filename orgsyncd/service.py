@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
 import functools
 import hashlib
 import os
@@ -18,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar
+from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from orgsyncd import faults
 from orgsyncd.config import Settings
@@ -29,6 +27,7 @@ from orgsyncd.core.results import Summary, escape
 from orgsyncd.dbhealth import DatabaseHealth, DatabaseUnavailable, database_unavailable
 from orgsyncd.decisions import Decisions, parse_decision_name
 from orgsyncd.errors import OrgsyncError, UsageError
+from orgsyncd.heartbeat import Heartbeat
 from orgsyncd.jobprogress import progress_path, read_progress, status_line
 from orgsyncd.jobrunner import JobRunner, Progress
 from orgsyncd.notify.dispatcher import Notifier
@@ -41,13 +40,14 @@ from orgsyncd.paths import (
     tenant_dirs,
 )
 from orgsyncd.reverts import RevertResult, Reverts
+from orgsyncd.store.claims import claim_slot, reclaim_abandoned, renew_slot, slot_done
 from orgsyncd.store.db import make_engine, migrate
 from orgsyncd.store.jobs import (
     HELD,
     QUEUED,
+    RUNNING,
     JobRecord,
     JobStore,
-    StateConflict,
     instance_actor,
     utcnow,
 )
@@ -56,7 +56,6 @@ from orgsyncd.store.learners import LearnerStore
 log = structlog.get_logger("orgsyncd.service")
 RunKind = Literal["hourly", "daily", "now"]
 _SPOOL_SEP = "__"
-_MAX_ATTEMPTS = 3
 _HASH_CHUNK = 1 << 20
 T = TypeVar("T")
 
@@ -90,7 +89,7 @@ class Service:
         self.engine = make_engine(settings.daemon.db_url)
         self.jobs = JobStore(self.engine)
         self.learners = LearnerStore(self.engine)
-        self.runner = JobRunner(settings, self.engine, self.jobs, self.actor)
+        self.runner = JobRunner(settings, self.engine, self.jobs, self.actor, self.instance)
         self.notifier = Notifier(settings, self.engine, self.jobs, self.instance)
         self.reverts = Reverts(self.engine, self.jobs, self.runner)
         self.decisions = Decisions(self.engine, self.jobs, self.runner)
@@ -119,11 +118,18 @@ class Service:
             self.jobs.tenant_id(name)
 
     def recover(self) -> None:
-        """Finish what a crash interrupted: result files and archive moves of committed jobs, and
-        spooled files that never got their job row."""
+        """Finish what a crash interrupted: result files and archive moves of committed jobs,
+        jobs whose instance died while running them (back to the queue), and spooled files that
+        never got their job row."""
         self._finish_interrupted("job_finalized_after_restart")
         for name in self.settings.tenants:
+            self._reclaim(name)
             self._register_orphans(name)
+
+    def _reclaim(self, tenant: str) -> None:
+        """The tenant's running job goes back to the queue if its instance is gone or its lease
+        ran out (it hung): see ``store/claims.py``."""
+        reclaim_abandoned(self.engine, self.jobs.tenant_id(tenant), actor=self.actor)
 
     def _finish_interrupted(self, event: str) -> None:
         """Committed jobs whose result files or archive move did not happen (a crash, a full or
@@ -304,9 +310,11 @@ class Service:
         return done
 
     def _drain(self, tenant: str, include_deferred: bool) -> Iterator[JobResult]:
-        while not self.stop_requested.is_set() and (
-            job := self.jobs.next_for_tenant(tenant, include_deferred)
-        ):
+        while not self.stop_requested.is_set():
+            self._reclaim(tenant)
+            job = self.jobs.next_for_tenant(tenant, include_deferred)
+            if job is None:  # empty, blocked, or its running job is another instance's
+                return
             if self._queue_earlier_arrivals(tenant, job):
                 continue
             summary = self._run_guarded(job)
@@ -318,7 +326,7 @@ class Service:
         self, job: JobRecord, progress: Progress | None = None, mode: str | None = None
     ) -> Summary | None:
         """Run a job; an unexpected failure rolls it back and leaves it queued for the next run,
-        until it has failed _MAX_ATTEMPTS times."""
+        until it has failed MAX_ATTEMPTS times (the runner records that)."""
         clock = time.monotonic()
         try:
             summary = self.runner.run(job, mode=mode, progress=progress)
@@ -327,8 +335,7 @@ class Service:
         except Exception as exc:
             if database_unavailable(exc) is not None:
                 raise self._interrupted(job, exc) from exc
-            self._attempt_failed(job, exc)
-            return None
+            return None  # the runner put it back in the queue, or failed it after its last attempt
         self.notifier.wake()  # the outcome may have written an event
         if summary is not None and self.on_job_finished is not None:
             self.on_job_finished(job.tenant, summary.status, summary.counts, time.monotonic() - clock)
@@ -343,57 +350,6 @@ class Service:
         reason = database_unavailable(exc) or "unreachable"
         log.info("job_interrupted", tenant=job.tenant, job_id=job.id, reason=reason)
         return DatabaseUnavailable(reason)
-
-    def _attempt_failed(self, job: JobRecord, exc: Exception) -> None:
-        if not self._still_queued(job):  # it committed: its results wait to be moved in, keep them
-            log.error("job_finish_interrupted", tenant=job.tenant, job_id=job.id, error=repr(exc))
-            return
-        self.runner.discard_temporaries(job)  # an aborted attempt's results must never be moved in
-        trouble = storage_trouble(exc)
-        if trouble is not None:
-            self._storage_failed(job, trouble)
-            return
-        attempts = job.attempts + 1
-        log.exception("job_attempt_failed", tenant=job.tenant, job_id=job.id, attempts=attempts)
-        message = f"internal error on attempt {attempts}: {type(exc).__name__}: {exc}"
-        last = attempts >= _MAX_ATTEMPTS
-        with contextlib.suppress(StateConflict):  # another process finished it meanwhile
-            self.jobs.change(
-                job.id,
-                "failed" if last else QUEUED,
-                actor=self.actor,
-                allowed=(QUEUED,),
-                code="internal_error",
-                message=message,
-                attempts=attempts,
-                error_message=message,
-                **({"error_code": "internal_error"} if last else {}),
-            )
-
-    def _still_queued(self, job: JobRecord) -> bool:
-        try:
-            return self.jobs.get(job.id).status == QUEUED
-        except SQLAlchemyError:
-            return False  # cannot tell: keep what is on disk, the next attempt overwrites it
-
-    def _storage_failed(self, job: JobRecord, trouble: str) -> None:
-        """The disk is full or read-only: not the file's fault and not a bug, so the attempt does
-        not count; the job stays queued and runs again at the next run."""
-        message = f"the data directory cannot be written ({trouble}); the job runs again at the next run"
-        log.error("job_storage_unavailable", tenant=job.tenant, job_id=job.id, reason=trouble)
-        try:
-            with contextlib.suppress(StateConflict):
-                self.jobs.change(
-                    job.id,
-                    QUEUED,
-                    actor=self.actor,
-                    allowed=(QUEUED,),
-                    code="storage_unavailable",
-                    message=message,
-                    error_message=message,
-                )
-        except SQLAlchemyError:  # the database is on the same full disk: the log has said it
-            log.warning("job_storage_unrecorded", tenant=job.tenant, job_id=job.id)
 
     def import_file(
         self,
@@ -418,12 +374,25 @@ class Service:
         _copy(source, spool)
         job_id = self._register(tenant, spool, actor)
         assert job_id is not None
-        summary = self.runner.run(self.jobs.get(job_id), mode=mode, progress=progress)
+        summary = self.runner.run(self.jobs.get(job_id), mode=mode, progress=progress, in_order=False)
         if summary is None:
-            raise OrgsyncError(
-                f"job {job_id} was taken by another orgsyncd process; see 'orgsyncd jobs show {job_id}'"
-            )
+            raise OrgsyncError(self.not_run_reason(job_id))
         return summary
+
+    def not_run_reason(self, job_id: int) -> str:
+        """Why job *job_id* was not run just now, naming the instance that has it or its tenant."""
+        job = self.jobs.get(job_id)
+        if job.status == RUNNING:
+            return f"job {job_id} is {running_text(job)}; see 'orgsyncd jobs show {job_id}'"
+        if job.status != "queued":
+            return f"job {job_id} was processed by {job.instance or 'another instance'}; see 'orgsyncd jobs show {job_id}'"
+        busy = self.jobs.running_of(job.tenant)
+        if busy is not None:
+            return (
+                f"job {job_id} stays queued: job {busy.id} of tenant {job.tenant!r} is {running_text(busy)}; "
+                f"it runs after that one (at the next run, or 'orgsyncd run-now --tenant {job.tenant}')"
+            )
+        return f"job {job_id} stays queued; see 'orgsyncd jobs show {job_id}'"
 
     def job_files(self, job: JobRecord) -> dict[str, str | None]:
         """Where the job's files are on this host: its input (queued: the spool; processed: the
@@ -542,16 +511,47 @@ class Service:
         log.info("export_written", tenant=tenant, file=target.name, learners=count)
         return target
 
-    def daily_maintenance(self) -> None:
-        """Every tenant's export to exports/, and files past retention_days pruned."""
+    def daily_maintenance(self, day: date | None = None) -> list[str]:
+        """Every tenant's export to exports/, and files past retention_days pruned: once per day
+        across all instances sharing the database (a slot claim per piece of work, keyed by the
+        local date, so the DST night's second 02:00 does not do it again either). Returns what
+        this instance did (``kind/tenant``); the rest was done, or is being done, by another."""
+        day = day or datetime.now(ZoneInfo(self.settings.daemon.timezone)).date()
+        slot = day.isoformat()
+        done: list[str] = []
         for name in sorted(self.settings.tenants):
-            try:
-                self.export_to_dir(name)
-            except Exception:
-                log.exception("export_failed", tenant=name)
-            self.prune(name)
-        cutoff = utcnow() - timedelta(days=self.settings.daemon.retention_days)
-        self.notifier.outbox.prune(cutoff)
+            if self._once_per_slot("daily", self.jobs.tenant_id(name), slot, self._daily_tenant, name):
+                done.append(f"daily/{name}")
+        if self._once_per_slot("outbox_prune", 0, slot, self._prune_outbox, ""):
+            done.append("outbox_prune")
+        return done
+
+    def _daily_tenant(self, name: str) -> None:
+        try:
+            self.export_to_dir(name)
+        except Exception:
+            log.exception("export_failed", tenant=name)
+        self.prune(name)
+
+    def _prune_outbox(self, _: str) -> None:
+        self.notifier.outbox.prune(utcnow() - timedelta(days=self.settings.daemon.retention_days))
+
+    def _once_per_slot(
+        self, kind: str, tenant_id: int, slot: str, work: Callable[[str], None], arg: str
+    ) -> bool:
+        """Do *work* if this instance claims the slot first (or takes over an abandoned claim);
+        False when another instance has it or did it."""
+        lease_s = self.settings.daemon.lease_s
+        hold = claim_slot(self.engine, kind, tenant_id, slot, instance=self.instance, lease_s=lease_s)
+        if hold is None:
+            log.info("slot_work_elsewhere", kind=kind, slot=slot, tenant=arg or None)
+            return False
+        beat = Heartbeat(self.engine, lease_s, lambda c: renew_slot(c, hold, lease_s), kind=kind, slot=slot)
+        with beat:
+            work(arg)
+        if not slot_done(self.engine, hold):
+            log.warning("slot_claim_lost", kind=kind, slot=slot, tenant=arg or None)
+        return True
 
     def prune(self, tenant: str, now: float | None = None) -> int:
         cutoff = (now or time.time()) - self.settings.daemon.retention_days * 86400
@@ -569,37 +569,21 @@ class Service:
         return removed
 
 
+def running_text(job: JobRecord) -> str:
+    """``running on instance web-1:4242 since 13:22:01Z, lease until 13:23:01Z``"""
+    since = _clock(job.claimed_at)
+    return f"running on instance {job.instance} since {since}, its lease until {_clock(job.lease_expires_at)}"
+
+
+def _clock(at: datetime | None) -> str:
+    if at is None:
+        return "?"
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def default_instance_name() -> str:
     """``[daemon] instance_name`` when unset: the host name and the process id."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
-_STORAGE_WORDS = (
-    "database or disk is full",
-    "disk I/O error",
-    "readonly database",
-    "unable to open database file",
-    "No space left on device",
-)
-
-
-def storage_trouble(exc: BaseException) -> str | None:
-    """What is wrong with the storage, when that is why ``exc`` happened: a full or read-only disk
-    under the data directory (an OSError), or under SQLite's or PostgreSQL's files."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
-            return f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror)
-        if getattr(err, "sqlstate", None) == "53100" or any(w in str(err) for w in _STORAGE_WORDS):
-            return str(err).splitlines()[0]
-        todo += [err.__cause__, err.__context__, getattr(err, "orig", None)]
-    return None
 
 
 def _at_once(fn: Callable[[], T]) -> T:

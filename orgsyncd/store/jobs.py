@@ -208,7 +208,8 @@ def _record(job: Job, tenant: str) -> JobRecord:
 
 
 def tenant_lock_key(tenant_id: int) -> int:
-    """A PostgreSQL advisory-lock key per tenant: one instance at a time works a tenant's queue."""
+    """A PostgreSQL advisory-lock key per tenant, for reverts (imports are kept apart by their
+    claims: one running job per tenant, see ``store/claims.py``)."""
     return zlib.crc32(f"orgsyncd-tenant-{tenant_id}".encode())
 
 
@@ -323,10 +324,10 @@ class JobStore:
         """
         tenant_id = self.tenant_id(tenant)
         with Session(self.engine) as session:
-            held = session.exec(
-                select(func.count()).where(Job.tenant_id == tenant_id, Job.status == HELD)
+            blocking = session.exec(
+                select(func.count()).where(Job.tenant_id == tenant_id, col(Job.status).in_((HELD, RUNNING)))
             ).one()
-            if held:
+            if blocking:  # held, or running (here or on another instance): later files wait
                 return None
             head = session.exec(
                 select(Job)
@@ -338,9 +339,19 @@ class JobStore:
                 return None
             return _record(head, tenant)
 
-    def is_queued(self, conn: Connection, job_id: int) -> bool:
-        row = conn.execute(text("SELECT status FROM job WHERE id = :id"), {"id": job_id}).first()
-        return row is not None and row[0] == QUEUED
+    def claim_of(self, conn: Connection, job_id: int) -> tuple[str, str | None, str | None]:
+        """(status, claim_token, instance) of a job, read on the caller's connection."""
+        row = conn.execute(
+            select(col(Job.status), col(Job.claim_token), col(Job.instance)).where(col(Job.id) == job_id)
+        ).first()
+        if row is None:
+            raise NotFoundError(f"there is no job {job_id}")
+        return row[0], row[1], row[2]
+
+    def running_of(self, tenant: str) -> JobRecord | None:
+        """The tenant's running job, if any (at most one: uq_job_running_tenant)."""
+        found = self.recent(tenant=tenant, status=RUNNING, limit=1)
+        return found[0] if found else None
 
     def earlier_applied(self, tenant_id: int, sha256: str, job_id: int) -> int | None:
         with Session(self.engine) as session:

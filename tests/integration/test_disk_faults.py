@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from orgsyncd import faults
+from orgsyncd.jobrunner import storage_trouble
 from orgsyncd.paths import archive_path, result_paths
-from orgsyncd.service import storage_trouble
 from tests.conftest import PG_SKIP
 from tests.helpers import LIC, Env, read_csv
 

@@ -45,9 +45,11 @@ def test_hold_approve_and_reject_name_who_decided(env: Env) -> None:
     me = env.service.actor
     assert history(env, held.job_id) == [
         (None, "queued", me, None),
-        ("queued", "held", me, "threshold_exceeded"),
+        ("queued", "running", me, None),
+        ("running", "held", me, "threshold_exceeded"),
         ("held", "queued", "cli:bob", "approved"),
-        ("queued", "succeeded", me, None),
+        ("queued", "running", me, None),
+        ("running", "succeeded", me, None),
     ]
     threshold = [e for e in env.service.jobs.events(held.job_id) if e.to_status == "held"]
     assert threshold[0].code == "threshold_exceeded" and "of 20" in (threshold[0].message or "")
@@ -86,8 +88,14 @@ def test_a_rolled_back_change_leaves_no_event(env: Env, monkeypatch: pytest.Monk
     monkeypatch.setenv("ORGSYNCD_FAULT", "before_commit")  # after the outcome was written
     with pytest.raises(InjectedFault):
         env.service.runner.run(env.service.jobs.get(job_id))
-    assert history(env, job_id) == [(None, "queued", env.service.actor, None)]
-    assert env.service.jobs.get(job_id).status == "queued"
+    me = env.service.actor
+    assert history(env, job_id) == [
+        (None, "queued", me, None),
+        ("queued", "running", me, None),
+        ("running", "queued", me, "injected_fault"),  # the attempt rolled back: no outcome
+    ]
+    job = env.service.jobs.get(job_id)
+    assert job.status == "queued" and job.lease_expires_at is None
 
 
 def test_the_migrations_build_the_schema_the_models_describe(env: Env) -> None:

@@ -47,6 +47,8 @@ _PASS_THROUGH = {
     ("jobrunner.py", "_finish"),  # error_code=values.get("error_code") into the state change
     ("jobrunner.py", "_plan_and_apply"),  # error_code=held_code (assigned a literal just before)
     ("store/jobs.py", "change_state"),  # code=code of its caller, onto the job event
+    ("store/claims.py", "release"),  # code=code of its caller, into change_state
+    ("jobrunner.py", "_attempt_failed"),  # code=exc.code of an OrgsyncError (injected_fault)
     ("store/jobs.py", "record_change"),  # code=change.code
     ("cli.py", "jobs_show"),  # {"code": event.code} of a stored job event
     ("core/report.py", "issue_groups_from_rows"),  # IssueGroup(code=...) of stored result lines
