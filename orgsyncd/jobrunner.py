@@ -183,7 +183,8 @@ class JobRunner:
                 self.discard_temporaries(job, claim.token)
                 return None
             except Exception as exc:
-                self._attempt_failed(run, exc)
+                if self._attempt_failed(run, exc) == "void":
+                    return None  # taken over (our session was ended): nothing of ours applied
                 raise
             except BaseException:  # interrupted: the job goes back to the queue at once
                 self._release(run, QUEUED, code="attempt_stopped", message="the attempt was stopped")
@@ -241,28 +242,30 @@ class JobRunner:
 
     # -- an attempt that did not get to an outcome ------------------------------------------
 
-    def _attempt_failed(self, run: _Run, exc: Exception) -> None:
+    def _attempt_failed(self, run: _Run, exc: Exception) -> str:
+        """Record a failed attempt; ``void`` when another instance had taken the job over (this
+        attempt's failure is then nobody's business), else ``failed``."""
         job = run.job
-        if database_unavailable(exc) is not None:
-            # Nothing can be recorded, and the server rolled the attempt back. The claim is
-            # reclaimed once the database answers (its session is gone) and no attempt is counted.
-            return
-        if isinstance(exc, OrgsyncError):  # ours (an injected fault): rolled back, not counted
-            self._release(run, QUEUED, code=exc.code, message=str(exc))
-            return
         status = self._status_now(run)
-        if status == "taken_over":  # another instance has it: this attempt is void (the lease ran out)
+        if status == "taken_over":  # the lease ran out and it was reclaimed (our session ended)
             log.warning("job_attempt_void", tenant=job.tenant, job_id=job.id, reason=repr(exc))
             self.discard_temporaries(job, run.token)
-            return
+            return "void"
+        if database_unavailable(exc) is not None:
+            # Nothing can be recorded, and the server rolled the attempt back. The claim is
+            # reclaimed once the database answers (its session is gone); no attempt is counted.
+            return "failed"
+        if isinstance(exc, OrgsyncError):  # ours (an injected fault): rolled back, not counted
+            self._release(run, QUEUED, code=exc.code, message=str(exc))
+            return "failed"
         if status != "ours":  # it committed: its results wait to be moved in, keep them
             log.error("job_finish_interrupted", tenant=job.tenant, job_id=job.id, error=repr(exc))
-            return
+            return "failed"
         self.discard_temporaries(job, run.token)  # an aborted attempt's results must never be moved in
         trouble = storage_trouble(exc)
         if trouble is not None:
             self._storage_failed(run, trouble)
-            return
+            return "failed"
         attempts = job.attempts + 1
         log.exception("job_attempt_failed", tenant=job.tenant, job_id=job.id, attempts=attempts)
         message = f"internal error on attempt {attempts}: {type(exc).__name__}: {exc}"
@@ -276,6 +279,7 @@ class JobRunner:
             error_message=message,
             **({"error_code": "internal_error"} if last else {}),
         )
+        return "failed"
 
     def _status_now(self, run: _Run) -> str:
         """``ours`` (still running on our claim), ``taken_over`` (reclaimed, and maybe finished,
