@@ -520,37 +520,39 @@ class Service:
         slot = day.isoformat()
         done: list[str] = []
         for name in sorted(self.settings.tenants):
-            if self._once_per_slot("daily", self.jobs.tenant_id(name), slot, self._daily_tenant, name):
+            tenant_id = self.jobs.tenant_id(name)
+            work = functools.partial(self._daily_tenant, name, day)
+            if self._once_per_slot("daily", tenant_id, slot, name, work):
                 done.append(f"daily/{name}")
-        if self._once_per_slot("outbox_prune", 0, slot, self._prune_outbox, ""):
+        if self._once_per_slot("outbox_prune", 0, slot, "", self._prune_outbox):
             done.append("outbox_prune")
         return done
 
-    def _daily_tenant(self, name: str) -> None:
+    def _daily_tenant(self, name: str, day: date) -> None:
         try:
-            self.export_to_dir(name)
+            self.export_to_dir(name, day)
         except Exception:
             log.exception("export_failed", tenant=name)
         self.prune(name)
 
-    def _prune_outbox(self, _: str) -> None:
+    def _prune_outbox(self) -> None:
         self.notifier.outbox.prune(utcnow() - timedelta(days=self.settings.daemon.retention_days))
 
     def _once_per_slot(
-        self, kind: str, tenant_id: int, slot: str, work: Callable[[str], None], arg: str
+        self, kind: str, tenant_id: int, slot: str, tenant: str, work: Callable[[], None]
     ) -> bool:
         """Do *work* if this instance claims the slot first (or takes over an abandoned claim);
         False when another instance has it or did it."""
         lease_s = self.settings.daemon.lease_s
         hold = claim_slot(self.engine, kind, tenant_id, slot, instance=self.instance, lease_s=lease_s)
         if hold is None:
-            log.info("slot_work_elsewhere", kind=kind, slot=slot, tenant=arg or None)
+            log.info("slot_work_elsewhere", kind=kind, slot=slot, tenant=tenant or None)
             return False
         beat = Heartbeat(self.engine, lease_s, lambda c: renew_slot(c, hold, lease_s), kind=kind, slot=slot)
         with beat:
-            work(arg)
+            work()
         if not slot_done(self.engine, hold):
-            log.warning("slot_claim_lost", kind=kind, slot=slot, tenant=arg or None)
+            log.warning("slot_claim_lost", kind=kind, slot=slot, tenant=tenant or None)
         return True
 
     def prune(self, tenant: str, now: float | None = None) -> int:

@@ -6,15 +6,20 @@ directory, on SQLite and PostgreSQL (lease_s = 2 s, so each test takes seconds).
 - ``run-now`` hung (SIGSTOP) inside a job: ``jobs list`` names the instance that has it; another
   run leaves it alone while the lease holds, takes it over once the lease ran out, and applies it;
   when the stopped process resumes (SIGCONT), its attempt is refused (fencing): nothing applied twice.
+- a job that runs longer than lease_s keeps it (heartbeats): another run leaves it alone.
+- ``orgsyncd import`` of a tenant another instance is busy with names that instance and its lease.
+- two processes firing the same daily slot export each tenant once (slot_claim rows).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -166,3 +171,64 @@ def test_a_job_held_by_a_live_instance_is_named_by_import(tmp_path: Path, backen
         finally:
             os.kill(hung.pid, signal.SIGCONT)
         assert hung.wait(60) == 0
+
+
+def test_a_live_instance_keeps_its_job_past_the_lease(tmp_path: Path, backend: str) -> None:
+    """The heartbeat: a job that takes longer than lease_s is renewed, so another run leaves it."""
+    with site(tmp_path, backend, files=1) as (inst, work):
+        slow = inst.popen("run-now", env={"ORGSYNCD_FAULT": f"after_stage:pause{3 * LEASE_S}"}, log="slow")
+        wait_for(lambda: running(inst), "the job to be claimed", 60)
+        time.sleep(1.5 * LEASE_S)  # past the first lease: only renewals keep it
+        other = cli(inst, "run-now")
+        assert other.returncode == 0, other.stderr
+        assert slow.wait(60) == 0
+        report = check_final(inst, work)
+        assert not report.problems, report.problems
+        [job] = inst.jobs(work.tenants[0])
+        codes = [code for _, _, _, code in events(inst, job.id)]
+        assert "lease_expired" not in codes and "instance_gone" not in codes, codes
+
+
+SLOT_WORK = """
+import json, sys, time
+from datetime import date
+from orgsyncd.config import load_settings
+from orgsyncd.service import Service
+
+service = Service(load_settings(sys.argv[1]))
+service.migrate()
+while time.time() < float(sys.argv[2]):  # both fire the same slot at the same moment
+    time.sleep(0.005)
+print("DONE " + json.dumps(service.daily_maintenance(date(2031, 5, 6))), flush=True)
+"""
+
+
+def test_two_processes_firing_the_daily_slot_export_each_tenant_once(tmp_path: Path, backend: str) -> None:
+    tenants = [f"slot-{i}-{uuid.uuid4().hex[:6]}" for i in range(4)]
+    with installation(tmp_path / "site", backend, tenants, lease_s=LEASE_S) as inst:
+        assert inst.run("jobs", "list") == 0
+        at = str(time.time() + 4)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", SLOT_WORK, str(inst.config), at],
+                cwd=inst.root,
+                env=inst.env(ORGSYNCD_DAEMON__INSTANCE_NAME=f"node-{i}"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outputs = [proc.communicate(timeout=60)[0] for proc in procs]
+        done = [json.loads(out.split("DONE ", 1)[1]) for out in outputs]
+        assert all(proc.returncode == 0 for proc in procs)
+        mine = sorted(item for items in done for item in items if item.startswith("daily/"))
+        assert mine == sorted(f"daily/{t}" for t in tenants)  # each tenant by exactly one of them
+        rows = inst.query(
+            "SELECT t.name, s.instance, s.done_at IS NOT NULL FROM slot_claim s "
+            "JOIN tenant t ON t.id = s.tenant_id WHERE s.kind = 'daily' AND s.slot = '2031-05-06'"
+        )
+        ours = {name: (instance, done) for name, instance, done in rows if name in tenants}
+        assert set(ours) == set(tenants) and all(done for _, done in ours.values())
+        for tenant in tenants:
+            assert (inst.tenant_dir(tenant, "exports") / "roster-2031-05-06.csv").is_file()
