@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -70,6 +71,11 @@ class OrgsyncGroup(click.Group):
             _fail("interrupted; nothing half-done was kept", 1)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            # `orgsyncd jobs list | head`: the reader has gone, which is not an error to report.
+            # Python flushes stdout again at exit; point it at /dev/null so that flush is quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except Exception as exc:
             app = ctx.find_object(AppContext)
             if app is not None and app.debug:

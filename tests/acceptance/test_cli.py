@@ -238,3 +238,26 @@ def test_killed_at_a_random_moment_the_job_applies_exactly_once(tmp_path: Path) 
     applied = db_rows(tmp_path, "SELECT COUNT(*) FROM job WHERE status = 'succeeded'")[0][0]
     duplicates = db_rows(tmp_path, "SELECT COUNT(*) FROM job WHERE status = 'duplicate'")[0][0]
     assert applied == 1 and applied + duplicates == len(db_rows(tmp_path, "SELECT id FROM job"))
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    """`orgsyncd jobs list | head`: the reader going away says nothing on stderr."""
+    config = write_config(tmp_path)
+    (tmp_path / "r.csv").write_text(people(2), encoding="utf-8")
+    assert run(tmp_path, "--config", str(config), "import", "r.csv", "--tenant", "acme").returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # nobody will read: the first write gets EPIPE
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORGSYNCD_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "orgsyncd", "--config", str(config), "jobs", "list"],
+        cwd=tmp_path,
+        env=env,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    os.close(write)
+    assert done.returncode == 1
+    assert done.stderr == ""
