@@ -21,8 +21,8 @@ from orgsyncd.errors import OrgsyncError, UsageError
 from orgsyncd.logging import configure_logging, machine_readable
 from orgsyncd.paths import result_paths
 from orgsyncd.progress import Bar
-from orgsyncd.service import Service, running_text
-from orgsyncd.store.jobs import STATUSES, JobRecord, cli_actor
+from orgsyncd.service import Service
+from orgsyncd.store.jobs import STATUSES, JobRecord, cli_actor, running_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 FAILED_STATUSES = ("failed", "held")

@@ -35,6 +35,7 @@ from orgsyncd.store.jobs import (
     StateChange,
     change_state,
     record_change,
+    running_text,
     tenant_lock_key,
     utcnow,
 )
@@ -185,9 +186,11 @@ class Reverts:
                 .returning(text("id"))
             ).scalar_one()
         except IntegrityError:  # one running job per tenant
-            raise OrgsyncError(
-                f"a job of tenant {target.tenant!r} is running; revert when it is done"
-            ) from None
+            busy = self.jobs.running_of(target.tenant)
+            what = f"job {busy.id} of tenant {target.tenant!r} is {running_text(busy)}" if busy else (
+                f"a job of tenant {target.tenant!r} is running"
+            )  # fmt: skip
+            raise OrgsyncError(f"{what}; revert when it is done") from None
         change = StateChange(
             job_id=new_id,
             tenant_id=target.tenant_id,

@@ -49,6 +49,7 @@ from orgsyncd.store.jobs import (
     JobRecord,
     JobStore,
     instance_actor,
+    running_text,
     utcnow,
 )
 from orgsyncd.store.learners import LearnerStore
@@ -569,18 +570,6 @@ class Service:
         if removed:
             log.info("pruned", tenant=tenant, files=removed)
         return removed
-
-
-def running_text(job: JobRecord) -> str:
-    """``running on instance web-1:4242 since 13:22:01Z, lease until 13:23:01Z``"""
-    since = _clock(job.claimed_at)
-    return f"running on instance {job.instance} since {since}, its lease until {_clock(job.lease_expires_at)}"
-
-
-def _clock(at: datetime | None) -> str:
-    if at is None:
-        return "?"
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def default_instance_name() -> str:

@@ -197,6 +197,18 @@ class JobRecord:
     audit_to: int | None = None
 
 
+def running_text(job: JobRecord) -> str:
+    """``running on instance web-1:4242 since 13:22:01Z, lease until 13:23:01Z``"""
+    since = _clock(job.claimed_at)
+    return f"running on instance {job.instance} since {since}, its lease until {_clock(job.lease_expires_at)}"
+
+
+def _clock(at: datetime | None) -> str:
+    if at is None:
+        return "?"
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -125,6 +125,10 @@ def test_a_hung_run_keeps_its_lease_then_loses_it_and_its_late_commit_is_refused
             listed = cli(inst, "jobs", "list")
             line = next(x for x in listed.stdout.splitlines() if x.split()[0] == str(job_id))
             assert "running" in line and f"instance {holder} since" in line and "lease until" in line
+            shown = json.loads(cli(inst, "jobs", "show", str(job_id)).stdout)
+            assert shown["status"] == "running" and shown["instance"] == holder
+            assert shown["claimed_at"] and shown["lease_expires_at"]
+            assert shown["running"].startswith(f"running on instance {holder} since")
 
             early = cli(inst, "run-now")  # the lease holds: the job and its tenant are left alone
             assert early.returncode == 0, early.stderr
