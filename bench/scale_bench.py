@@ -427,7 +427,8 @@ def verdicts(outcomes: list[Outcome], tenants: int, rows: int) -> list[str]:
             busy = o.machine_busy_s / ((os.cpu_count() or 1) * o.wall_s)
             lines.append(
                 f"{o.scenario.backend}, {o.scenario.instances} instances: {ratio:.2f}x the jobs/min of one "
-                f"(target ≥ {TARGET_SPEEDUP}x): {'met' if ratio >= TARGET_SPEEDUP else 'MISSED'}; "
+                f"(target ≥ {TARGET_SPEEDUP}x): "
+                f"{('met' if ratio >= TARGET_SPEEDUP else 'MISSED') if at_target else '-'}{scale}; "
                 f"orgsyncd + db CPU {o.orgsyncd_cpu_s + (o.db_cpu_s or 0):.1f} s over {o.wall_s:.1f} s "
                 f"wall = {(o.orgsyncd_cpu_s + (o.db_cpu_s or 0)) / o.wall_s:.2f} cores; machine "
                 f"{busy:.0%} busy"
