@@ -88,6 +88,9 @@ CODES: Final[dict[str, Code]] = {
     "database_unavailable": Code(
         JOB, "the database did not answer; queuing and runs wait and retry, /readyz is 503, nothing is lost"
     ),
+    "database_refused": Code(
+        JOB, "the database answered but refused database_url (password, role, database name); exit 2"
+    ),
     "lease_expired": Code(
         JOB, "event: the instance running the job stopped renewing its lease (hung or died); requeued"
     ),

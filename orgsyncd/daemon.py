@@ -6,8 +6,11 @@ scheduler's threads or a worker thread, database and disk calls go through ``asy
 The loop serves SFTP and sends the watchdog heartbeats, so a stalled loop is what systemd's
 watchdog catches.
 
-Start: database (migrations, crash recovery) -> notifier -> demo key pair -> metrics -> inbox scan ->
-inbox watcher -> catch-up run -> scheduler -> SFTP listener -> READY=1. Stop (SIGTERM, SIGINT):
+Start: tenant directories -> demo key pair -> metrics -> SFTP listener (none of these needs the
+database) -> the database answers (if it is unreachable: one ``database_unavailable`` warning,
+READY=1 with a STATUS= saying so, and a wait with backoff; a refused ``database_url`` fails at once)
+-> migrations, crash recovery -> notifier -> inbox scan -> inbox watcher -> catch-up run ->
+scheduler -> READY=1. Uploads taken before the inbox scan wait in inbox/ for it. Stop (SIGTERM, SIGINT):
 STOPPING=1 -> no new logins -> watcher -> scheduler and catch-up (a running job commits or rolls
 back) -> notifier -> SFTP sessions -> metrics -> database, all within ``stop_timeout_s``; a second SIGTERM or
 SIGINT stops waiting, and the job in progress rolls back (it runs again at the next start).
@@ -32,7 +35,7 @@ import structlog
 
 from orgsyncd import sdnotify
 from orgsyncd.config import Settings, load_settings
-from orgsyncd.dbhealth import DatabaseHealth, DatabaseUnavailable
+from orgsyncd.dbhealth import WHILE_RUNNING, DatabaseHealth, DatabaseUnavailable
 from orgsyncd.errors import OrgsyncError
 from orgsyncd.health import DataDirCheck, Probes
 from orgsyncd.ingest.sftp import SftpServer
@@ -47,6 +50,11 @@ RESCAN_MIN_AGE_S = 2.0
 # outage, or a crash); younger ones may still be being hashed by theirs.
 ORPHAN_MIN_AGE_S = 5.0
 TICK_S = 1.0
+# The database_unavailable warning of a daemon that starts while the database is away.
+WHILE_STARTING = (
+    "SFTP accepts uploads (they wait in inbox/); start-up waits for the database, retrying, "
+    "then migrates it and queues them"
+)
 log = structlog.get_logger("orgsyncd.daemon")
 T = TypeVar("T")
 
@@ -113,6 +121,8 @@ class Daemon:
         self._catch_up: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
         self._started = False
+        self._waiting = False  # for the database, at start-up
+        self._queuing = False  # the schema is up to date: uploads can be queued
         # Constructing the pieces starts nothing; start-up below does, in order.
         self.service = Service(settings)
         self.db = DatabaseHealth(self.service.engine)
@@ -134,6 +144,7 @@ class Daemon:
             database=self.db,
             data_dir=DataDirCheck(settings.daemon.data_dir),
             started=lambda: self._started,
+            starting=lambda: "starting: waiting for the database" if self._waiting else "starting",
             shutting_down=lambda: self.should_exit,
             sftp_listening=lambda: self.sftp.listening,
             stuck_threads=self.watcher.stopped_threads,
@@ -146,6 +157,7 @@ class Daemon:
             self.force_exit = True
             self._force.set()
         self.should_exit = True
+        self.service.stop_requested.set()  # ends a wait for the database at once
         self.exit_signal = self.exit_signal or sig.name
         self._wake.set()
 
@@ -197,33 +209,76 @@ class Daemon:
     # -- start-up ------------------------------------------------------------------------------
 
     async def _startup(self) -> int:
-        """0 when every piece started (or a signal asked to stop first), else the exit code."""
-        for what, step in self._start_steps():
+        """0 when every piece started (or a signal asked to stop first), else the exit code.
+
+        What needs no database starts first (SFTP among it), so a daemon started while the
+        database is away still takes uploads: it says so once, tells systemd it is up (waiting,
+        in STATUS=) and waits, then starts what needs the database. A database that answers
+        but refuses ``database_url`` (password, role, database name) fails the start at once.
+        """
+        steps = [*self._local_steps(), ("cannot open the database", self._reach_database)]
+        for what, step in [*steps, *self._database_steps()]:
             if self.should_exit:
                 return 0
             try:
                 await step()
             except Exception as exc:
+                if self.should_exit:  # a stop ended a wait for the database
+                    return 0
                 return _startup_failed(what, exc)
         self._started = True
         self._announce()
         return 0
 
-    def _start_steps(self) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+    def _local_steps(self) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
         settings = self.settings
         return [
-            ("cannot open or migrate the database", lambda: asyncio.to_thread(self.service.migrate)),
-            ("cannot start the notifier", lambda: asyncio.to_thread(self.service.notifier.start)),
+            ("cannot create the tenant directories", lambda: asyncio.to_thread(self.service.create_dirs)),
             ("cannot create the demo key pair", lambda: asyncio.to_thread(ensure_demo_keys, settings)),
             (f"cannot serve metrics on {settings.metrics.listen}", self._start_metrics),
-            # Files that arrived while we were down, queued before the watcher starts: its own
-            # start-up scan runs in its thread, and the catch-up below must see their jobs.
-            ("cannot scan the inboxes", lambda: asyncio.to_thread(self.service.scan_inboxes)),
+            # Uploads are taken from here on; they wait in inbox/ until the inbox scan below.
+            (f"cannot listen for SFTP on {settings.sftp.listen}", self.sftp.start),
+        ]
+
+    def _database_steps(self) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+        return [
+            (
+                "cannot open or migrate the database",
+                lambda: asyncio.to_thread(self.service.patiently, self.service.migrate),
+            ),
+            ("cannot start the notifier", lambda: asyncio.to_thread(self.service.notifier.start)),
+            # Files that arrived while we were down (or waiting), queued before the watcher
+            # starts: its own start-up scan runs in its thread, and the catch-up must see their jobs.
+            ("cannot scan the inboxes", self._scan_inboxes),
             ("cannot watch the inboxes", lambda: asyncio.to_thread(self.watcher.start)),
             ("cannot start the catch-up run", self._start_catch_up),
             ("cannot start the scheduler", lambda: asyncio.to_thread(self.scheduler.start)),
-            (f"cannot listen for SFTP on {settings.sftp.listen}", self.sftp.start),
         ]
+
+    async def _reach_database(self) -> None:
+        """Return once the database answers. While it is unreachable: say so once, report ready
+        to systemd (SFTP serves; a unit that never signalled would be killed at TimeoutStartSec,
+        and its SFTP with it) with a STATUS= saying what it waits for, and wait with backoff
+        until it answers or we stop. A refusal of database_url or another error is raised at once."""
+        self.db.while_down = WHILE_STARTING
+        try:
+            await asyncio.to_thread(
+                self.db.wait_until_up, self.service.stop_requested, self._waiting_for_database
+            )
+        finally:
+            self.db.while_down = WHILE_RUNNING
+        if self._waiting:
+            self._waiting = False
+            log.info("database_reached", action="migrating it, then queuing what arrived meanwhile")
+
+    def _waiting_for_database(self, reason: str) -> None:
+        """(In the waiting thread.) The database is unreachable: we wait for it, SFTP serving."""
+        self._waiting = True
+        sdnotify.ready(f"waiting for the database: {reason}; {self._status_text()}")
+
+    async def _scan_inboxes(self) -> None:
+        self._queuing = True  # the schema is there: an upload from now on is queued at once
+        await asyncio.to_thread(self.service.scan_inboxes)
 
     async def _start_metrics(self) -> None:
         if self.settings.metrics.enabled:
@@ -352,8 +407,8 @@ class Daemon:
         return None
 
     def _on_upload(self, tenant: str, path: Path, actor: str) -> None:
-        if self.db.reason is not None:
-            return  # the database is away: the watcher queues the file, waiting for it
+        if not self._queuing or self.db.reason is not None:
+            return  # starting, or the database is away: the inbox scan or the watcher queues it
         try:
             self.service.enqueue_file(tenant, path, actor, patient=False)
         except Exception as exc:

@@ -78,6 +78,8 @@ class Probes:
     shutting_down: Callable[[], bool]
     sftp_listening: Callable[[], bool]
     stuck_threads: Callable[[], list[str]]
+    # What /readyz says before start-up is done ("starting: waiting for the database").
+    starting: Callable[[], str] = lambda: "starting"
     _loop_tick: float = field(default_factory=time.monotonic)
 
     def loop_ticked(self) -> None:
@@ -98,7 +100,7 @@ class Probes:
             return answer(["shutting down"])
         problems = []
         if not self.started():
-            problems.append("starting")
+            problems.append(self.starting())
         elif not self.sftp_listening():
             problems.append("SFTP not listening")
         reason = self.database.probe()

@@ -102,11 +102,16 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def create_dirs(self) -> None:
+        """Every tenant's directories (what SFTP serves; no database needed)."""
+        for name in self.settings.tenants:
+            self.dirs(name).create()
+
     def migrate(self) -> None:
         """Schema up to date, tenant directories present, interrupted work completed."""
         migrate(self.engine)
+        self.create_dirs()
         for name in self.settings.tenants:
-            self.dirs(name).create()
             self.jobs.tenant_id(name)
         self.recover()
 

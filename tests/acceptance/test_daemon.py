@@ -372,8 +372,10 @@ def test_a_failed_start_is_one_sentence_and_exit_1(
     extra = ""
     with socket.socket() as squatter:
         if broken == "database":
-            # Nothing listens on port 1: the migration step cannot connect.
-            extra = 'database_url = "postgresql+psycopg://orgsyncd@127.0.0.1:1/orgsyncd"\n'
+            # A directory where the SQLite file should be: it cannot be opened, and waiting does not
+            # help (an unreachable PostgreSQL is waited for instead: test_database_outage.py).
+            (site.root / "db-is-a-directory").mkdir()
+            extra = f'database_url = "sqlite:///{site.root / "db-is-a-directory"}"\n'
             site.config.write_text(
                 site.config.read_text().replace("[daemon]\n", f"[daemon]\n{extra}"), encoding="utf-8"
             )
@@ -386,10 +388,23 @@ def test_a_failed_start_is_one_sentence_and_exit_1(
     sentences = [line for line in daemon.stderr.splitlines() if line.startswith("orgsyncd: ")]
     needle = "database" if broken == "database" else f"cannot listen for SFTP on 127.0.0.1:{site.sftp_port}"
     assert len(sentences) == 1 and needle in sentences[0], daemon.stderr
-    assert "refused" in sentences[0] or "in use" in sentences[0], sentences
+    assert "unable to open" in sentences[0] or "in use" in sentences[0], sentences
     assert "Traceback" not in daemon.stderr
     assert len(daemon.events("startup_failed")) == 1
     assert "READY=1" not in daemon.notify.lines()
+
+
+def test_a_malformed_database_url_fails_the_start_at_once_with_exit_2(daemons: Daemons, site: Site) -> None:
+    """Not an outage to wait out: a configuration error (systemd does not restart on 2)."""
+    bad = 'database_url = "postgresql://orgsyncd@db.internal:fivefourthreetwo/orgsyncd"\n'
+    site.config.write_text(
+        site.config.read_text().replace("[daemon]\n", f"[daemon]\n{bad}"), encoding="utf-8"
+    )
+    daemon = daemons.start(["--config", str(site.config)], ready=False)
+    assert daemon.proc.wait(20) == 2
+    sentences = [line for line in daemon.stderr.splitlines() if line.startswith("orgsyncd: ")]
+    assert len(sentences) == 1 and "is not a valid database URL" in sentences[0], daemon.stderr
+    assert "Traceback" not in daemon.stderr and "READY=1" not in daemon.notify.lines()
 
 
 def test_hash_password_prints_a_scrypt_hash_of_stdin(tmp_path: Path) -> None:

@@ -2,10 +2,12 @@
 
 A private PostgreSQL cluster (``tests/pgcluster.py``: initdb + pg_ctl, an ephemeral port; never the
 system cluster) is stopped and started under the real daemon while a real SFTP client (paramiko)
-uploads. While it is down the daemon stays up, SFTP accepts and holds uploads (they stay in
-``inbox/``), ``/healthz`` is 200 and ``/readyz`` is 503 naming the database; one warning says it went
-away and one that it is back. Afterwards every file is queued and imported exactly once, in upload
-order (``tests.faultkit.check_final``: jobs, audit events, results files, titles); a job the outage
+uploads; or it is down before the daemon starts, which then serves SFTP and waits for it; or it
+answers but refuses ``database_url``, which fails the start at once. While it is down the daemon
+stays up, SFTP accepts and holds uploads (they stay in ``inbox/``), ``/healthz`` is 200 and
+``/readyz`` is 503 naming the database; one warning says it went away and one that it is back.
+Afterwards every file is queued and imported exactly once, in upload order
+(``tests.faultkit.check_final``: jobs, audit events, results files, titles); a job the outage
 interrupted was rolled back and run again once, without using up an attempt.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import io
 import random
+import signal
 import sys
 import time
 import urllib.error
@@ -20,8 +23,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from sqlalchemy import create_engine, text
 
+from orgsyncd.dbhealth import database_refused, database_unavailable
+from orgsyncd.store.db import normalize_url
 from tests.acceptance.conftest import DaemonProcess, Daemons, Keys, free_port, paramiko_sftp, wait_until
 from tests.faultkit import Installation, Workload, check_final
 from tests.pgcluster import PgCluster, private_cluster, why_not
@@ -52,7 +59,9 @@ def probe(port: int, path: str) -> tuple[int, str]:
 class Outage:
     """One daemon on the private cluster, with its ports and workload."""
 
-    def __init__(self, root: Path, cluster: PgCluster, keys: Keys, work: Workload) -> None:
+    def __init__(
+        self, root: Path, cluster: PgCluster, keys: Keys, work: Workload, db_url: str | None = None
+    ) -> None:
         self.cluster = cluster
         self.keys = keys
         self.work = work
@@ -60,15 +69,15 @@ class Outage:
         self.metrics_port = free_port()
         self.inst = Installation(
             root=root,
-            db_url=cluster.url(),
+            db_url=db_url or cluster.url(),
             tenants=work.tenants,
             authorized_keys={TENANT: keys.public(TENANT)},
         )
         # Rescans every second: what waited for the database is queued soon after it is back.
         self.inst.write_config(self.sftp_port, self.metrics_port, rescan_interval_s=1.0)
 
-    def serve(self, daemons: Daemons, **env: str) -> DaemonProcess:
-        return daemons.start(["--config", str(self.inst.config)], env=env)
+    def serve(self, daemons: Daemons, ready: bool = True, **env: str) -> DaemonProcess:
+        return daemons.start(["--config", str(self.inst.config)], env=env, ready=ready)
 
     def readyz(self) -> tuple[int, str]:
         return probe(self.metrics_port, "/readyz")
@@ -237,3 +246,126 @@ def test_postgresql_stopped_and_started_repeatedly_under_upload_and_import_load(
     gone, back = daemon.events("database_unavailable"), daemon.events("database_restored")
     # An outage the daemon did not touch the database in goes unnoticed; none is logged twice.
     assert 1 <= len(gone) == len(back) <= outages
+
+
+def test_a_daemon_started_while_postgresql_is_down_serves_sftp_waits_and_then_imports_once(
+    daemons: Daemons, cluster: PgCluster, keys: Keys, tmp_path: Path
+) -> None:
+    """A reboot during an outage: the instance must come up with SFTP (not exit and be restarted
+    every 5 s); what is uploaded meanwhile is imported once the database is back (to a database
+    never migrated yet: the schema is created then)."""
+    work = Workload(tenants=(TENANT,), files=3, base=20)
+    site = Outage(tmp_path, cluster, keys, work)
+    cluster.stop("fast")
+    daemon = site.serve(daemons)  # returns at READY=1: SFTP listens, the database is still away
+    status = next(line for line in daemon.notify.lines() if line.startswith("STATUS="))
+    assert status.startswith("STATUS=waiting for the database: ") and "refused" in status, status
+    assert site.healthz() == (200, "ok\n")
+    code, body = site.readyz()
+    assert code == 503 and body.startswith("starting: waiting for the database\ndatabase unreachable: "), body
+    gone = daemon.wait_event("database_unavailable")
+    assert gone["level"] == "warning" and "start-up waits for the database" in gone["action"], gone
+    for k in range(1, work.files + 1):
+        site.upload(k)
+    time.sleep(2.0)  # retries meanwhile, quietly; nothing is queued (there is no database)
+    inbox = {p.name for p in site.inst.tenant_dir(TENANT, "inbox").iterdir()}
+    assert {work.name(k) for k in range(1, work.files + 1)} <= inbox
+    assert daemon.proc.poll() is None and not daemon.events("daemon_ready")
+
+    cluster.start()
+    site.wait_ready()
+    daemon.wait_event("daemon_ready", timeout=BACK_WITHIN_S)
+    daemon.wait_event("database_migrated")
+    site.wait_all_queued()
+    assert daemon.wait_event("catch_up_finished", timeout=BACK_WITHIN_S)["jobs"] == work.files
+    report = check_final(site.inst, work)
+    assert not report.problems, report.problems
+    assert [job.attempts for job in site.inst.jobs(TENANT)] == [1] * work.files
+    assert_one_warning_each_way(daemon)
+    assert len(daemon.events("daemon_ready")) == 1
+    assert daemon.notify.lines().count("READY=1") == 2  # up (SFTP, waiting), then ready (all of it)
+    assert daemon.stop() == 0
+
+
+def test_sigterm_while_waiting_for_the_database_at_start_exits_0_at_once(
+    daemons: Daemons, cluster: PgCluster, keys: Keys, tmp_path: Path
+) -> None:
+    site = Outage(tmp_path, cluster, keys, Workload(tenants=(TENANT,), files=1, base=1))
+    cluster.stop("fast")
+    daemon = site.serve(daemons)
+    daemon.wait_event("database_unavailable")
+    time.sleep(1.5)  # into the backoff
+    started = time.monotonic()
+    daemon.send(signal.SIGTERM)
+    assert daemon.proc.wait(10) == 0
+    assert time.monotonic() - started < 5.0
+    assert "STOPPING=1" in daemon.notify.lines()
+    assert not [e for e in daemon.logs() if e["level"] in ("error", "critical")]
+    assert "Traceback" not in daemon.stderr
+
+
+def _require_a_password(cluster: PgCluster, role: str, password: str) -> None:
+    """*role* logs in with scram-sha-256 from now on (the cluster trusts everyone else)."""
+    with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        hba = cluster.data / "pg_hba.conf"
+        hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + hba.read_text(encoding="utf-8"))
+        conn.execute("SELECT pg_reload_conf()")
+
+    def refused() -> bool:
+        try:
+            psycopg.connect(f"postgresql://{role}:wrong@127.0.0.1:{cluster.port}/postgres").close()
+        except psycopg.OperationalError:
+            return True
+        return False
+
+    wait_until(refused, "the server to ask for the password")
+
+
+@pytest.mark.parametrize("wrong", ["database", "role", "password"])
+def test_a_database_url_the_server_refuses_fails_the_start_at_once_in_one_sentence(
+    daemons: Daemons, cluster: PgCluster, keys: Keys, tmp_path: Path, wrong: str
+) -> None:
+    """Not an outage: waiting cannot fix a wrong database name, role or password. Exit 2 (a
+    configuration error: systemd does not restart it), one sentence, no READY=1."""
+    if wrong == "password":
+        _require_a_password(cluster, "hris", "right")
+    url = {
+        "database": cluster.url("no_such_database"),
+        "role": f"postgresql://nobody@127.0.0.1:{cluster.port}/orgsyncd",
+        "password": f"postgresql://hris:wrong@127.0.0.1:{cluster.port}/orgsyncd",
+    }[wrong]
+    said = {"database": 'database "no_such_database" does not exist', "role": 'role "nobody" does not exist'}
+    site = Outage(tmp_path, cluster, keys, Workload(tenants=(TENANT,), files=1, base=1), db_url=url)
+    started = time.monotonic()
+    daemon = site.serve(daemons, ready=False)
+    assert daemon.proc.wait(20) == 2, daemon.tail()
+    assert time.monotonic() - started < 10.0
+    sentences = [line for line in daemon.stderr.splitlines() if line.startswith("orgsyncd: ")]
+    assert len(sentences) == 1 and "the database refused database_url: " in sentences[0], daemon.stderr
+    assert said.get(wrong, 'password authentication failed for user "hris"') in sentences[0], sentences
+    assert "Traceback" not in daemon.stderr
+    assert len(daemon.events("startup_failed")) == 1 and not daemon.events("database_unavailable")
+    assert "READY=1" not in daemon.notify.lines()
+
+
+def test_a_refusal_is_told_apart_from_an_outage(cluster: PgCluster) -> None:
+    """libpq gives no SQLSTATE for a failed connection attempt: the server's refusal is known by
+    its message. (A running daemon waits one out like an outage: it worked before.)"""
+
+    def error_of(url: str) -> Exception:
+        engine = create_engine(normalize_url(url), connect_args={"connect_timeout": 2})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return exc
+        finally:
+            engine.dispose()
+        raise AssertionError(f"{url} connected")
+
+    unknown = error_of(cluster.url("no_such_database"))
+    assert 'database "no_such_database" does not exist' in (database_refused(unknown) or "")
+    cluster.stop("fast")
+    down = error_of(cluster.url())
+    assert database_unavailable(down) is not None and database_refused(down) is None
