@@ -157,7 +157,10 @@ class Daemon:
             self.force_exit = True
             self._force.set()
         self.should_exit = True
-        self.service.stop_requested.set()  # ends a wait for the database at once
+        if not self._started:
+            # Start-up's waits for the database (reaching it, migrating, the inbox scan) end at
+            # once. Once started, _shutdown sets it, after the run in hand has taken its job.
+            self.service.stop_requested.set()
         self.exit_signal = self.exit_signal or sig.name
         self._wake.set()
 
