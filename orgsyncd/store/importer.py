@@ -8,6 +8,7 @@ applying run in one transaction: the caller commits it or rolls it back as a who
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -69,6 +70,8 @@ class Sql:
         """A JSON object as text. Keys are quoted as SQL literals (group names come from the file's
         header); past _JSON_PAIRS pairs the objects are joined as text, because both databases cap a
         function's arguments (PostgreSQL at 100) and a header may have hundreds of groups."""
+        if self.pg:
+            return _json_text(pairs)
         parts = [self._json_chunk(pairs[at : at + _JSON_PAIRS]) for at in range(0, len(pairs), _JSON_PAIRS)]
         if len(parts) == 1:
             return parts[0]
@@ -80,7 +83,19 @@ class Sql:
 
     def _json_chunk(self, pairs: Sequence[tuple[str, str]]) -> str:
         args = ", ".join(f"{sql_literal(key)}, {expr}" for key, expr in pairs)
-        return f"(json_build_object({args})::text)" if self.pg else f"json_object({args})"
+        return f"json_object({args})"
+
+    @property
+    def line_key(self) -> str:
+        """The ``line`` column of a per-job temporary table filled by one big INSERT. On PostgreSQL
+        the unique index comes after that insert (``index_lines``): maintaining it row by row cost
+        more than the insert itself, building it from the finished table a fraction. SQLite's
+        INTEGER PRIMARY KEY is the rowid and costs nothing."""
+        return "line INTEGER NOT NULL" if self.pg else "line INTEGER PRIMARY KEY"
+
+    def index_lines(self, table: str) -> None:
+        if self.pg:
+            self.run(f"CREATE UNIQUE INDEX {table}_line ON {table} (line)")
 
     @property
     def in_line_order(self) -> str:
@@ -106,6 +121,36 @@ def sql_literal(value: str) -> str:
     """A string as an SQL literal: quotes doubled (standard strings on both databases, where a
     backslash is an ordinary character)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def _json_text(pairs: Sequence[tuple[str, str]]) -> str:
+    """PostgreSQL: the text json_build_object(...)::text gives (``{"k" : v, ...}``), spelled as a
+    concatenation of to_json() of each value: json_build_object works out each argument's type
+    again for every row, which made it half the cost of a first import's audit trail. Keys and
+    literal values are encoded here, as PostgreSQL would (no argument cap either)."""
+    if not pairs:
+        return "'{}'"
+    parts = []
+    for n, (key, expr) in enumerate(pairs):
+        parts.append(sql_literal(("{" if n == 0 else ", ") + _json_string(key) + " : "))
+        parts.append(_json_value(expr))
+    parts.append("'}'")
+    return "(" + " || ".join(parts) + ")"
+
+
+def _json_string(value: str) -> str:
+    # the escapes of PostgreSQL's escape_json: quote, backslash, \b \f \n \r \t, other controls
+    # as \u00xx; anything else as it is
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _json_value(expr: str) -> str:
+    if expr.upper() == "NULL":
+        return "'null'"
+    inner = expr[1:-1]
+    if len(expr) >= 2 and expr[0] == expr[-1] == "'" and "'" not in inner.replace("''", ""):
+        return sql_literal(_json_string(inner.replace("''", "'")))  # a string literal
+    return f"COALESCE(to_json({expr})::text, 'null')"
 
 
 def staging_columns(group_count: int, source_count: int = 0) -> list[str]:
@@ -219,7 +264,7 @@ class Planner:
         gcols += "".join(f", s{k} TEXT, k{k} TEXT, o{k} BIGINT, j{k} INTEGER" for k in self._sources)
         self.sql.run("DROP TABLE IF EXISTS pl")
         self.sql.run(
-            "CREATE TEMPORARY TABLE pl (line INTEGER PRIMARY KEY, err TEXT, msg TEXT, "
+            f"CREATE TEMPORARY TABLE pl ({self.sql.line_key}, err TEXT, msg TEXT, "
             f"uid TEXT, email TEXT, lic_on TEXT, fp BIGINT{gcols}, lid BIGINT, is_new INTEGER, adopt INTEGER, "
             "echg INTEGER, cur_lic TEXT, cur_status TEXT, rel INTEGER, act INTEGER, chg INTEGER, "
             "n_email TEXT, n_uid TEXT, n_first TEXT, n_last TEXT, n_title TEXT, n_status TEXT, "
@@ -229,12 +274,13 @@ class Planner:
         if not self._tenant_has_learners():  # a first import: every row is a new learner
             nobody = "SELECT s.*, CAST(NULL AS BIGINT) AS lid, 0 AS adopt, 0 AS taken, 0 AS same FROM stg s"
             self.sql.run(self._build_sql(nobody), params)
+            self.sql.index_lines("pl")
             return
         # Re-imports: match first into a slim table; rows whose fingerprint matches go to the plan
         # as `unchanged` with no further work, and only the rest pay for the full expression pass.
         self.sql.run("DROP TABLE IF EXISTS mm")
         self.sql.run(
-            "CREATE TEMPORARY TABLE mm (line INTEGER PRIMARY KEY, lid BIGINT, adopt INTEGER, "
+            f"CREATE TEMPORARY TABLE mm ({self.sql.line_key}, lid BIGINT, adopt INTEGER, "
             "taken INTEGER, same INTEGER)"
         )
         self._match_into_mm(params)
@@ -242,11 +288,13 @@ class Planner:
             self.sql.run("ANALYZE mm")
         joined = "SELECT s.*, mm.lid, mm.adopt, mm.taken, mm.same FROM mm JOIN stg s ON s.line = mm.line WHERE mm.same = 0"
         self.sql.run(self._build_sql(joined), params)
+        self.sql.index_lines("pl")
         self.slim = True
 
     def _match_into_mm(self, params: dict[str, Any]) -> None:
         if not self.req.has_uid:
             self.sql.run(f"INSERT INTO mm {self._match_sql(columns='s.line')}", params)
+            self.sql.index_lines("mm")
             return
         # Most rows are settled by their uid's learner alone (same email): probe emails only for
         # the rest, since SQLite would otherwise look every email up.
@@ -256,6 +304,7 @@ class Planner:
             "WHERE lu.id IS NOT NULL AND lu.email = s.email",
             params,
         )
+        self.sql.index_lines("mm")  # the rest are few, and their NOT EXISTS probes use it
         unsettled = "(SELECT * FROM stg WHERE NOT EXISTS (SELECT 1 FROM mm WHERE mm.line = stg.line)) s "
         rest = self._match_sql(columns="s.line").replace("FROM stg s ", f"FROM {unsettled}", 1)
         self.sql.run(f"INSERT INTO mm {rest}", params)
@@ -803,9 +852,11 @@ class Applier:
         insert = (
             f"INSERT INTO membership (group_id, learner_id) SELECT :gid, lid FROM {self.src} WHERE {eligible}"
         )
+        if self.creates and self.sql.pg and group_ids:
+            self._join_new_learners(group_ids, eligible)
         for i, gid in enumerate(group_ids):
             params = {"gid": gid}
-            if self.creates:
+            if self.creates and not self.sql.pg:
                 # A new learner is in no group yet: a plain insert, no conflict check, unless two
                 # columns name one group (names that differ only as casefold sees them).
                 clash = " ON CONFLICT DO NOTHING" if group_ids.count(gid) > 1 else ""
@@ -817,6 +868,19 @@ class Applier:
                     f"(SELECT lid FROM {self.src} WHERE {eligible} AND d{i} = -1)",
                     params,
                 )
+
+    def _join_new_learners(self, group_ids: list[int], eligible: str) -> None:
+        """New learners into their groups in one pass over the plan (PostgreSQL): each row's group
+        columns unpivoted by a LATERAL VALUES list, instead of one scan of the whole plan per group.
+        A new learner is in no group yet, so no conflict check, unless two columns name one group
+        (names that differ only as casefold sees them)."""
+        pairs = ", ".join(f"({int(gid)}, d{i})" for i, gid in enumerate(group_ids))
+        clash = " ON CONFLICT DO NOTHING" if len(set(group_ids)) < len(group_ids) else ""
+        self.sql.run(
+            f"INSERT INTO membership (group_id, learner_id) SELECT v.gid, lid FROM {self.src} "
+            f"CROSS JOIN LATERAL (VALUES {pairs}) AS v (gid, d) WHERE {eligible} AND is_new = 1 "
+            f"AND v.d = 1{clash}"
+        )
 
     def _apply_sources(self, inactive: int | None) -> None:
         """groups_from: leave the group the column gave before, join (creating it) the one it
