@@ -10,12 +10,15 @@ next start. So a job is applied once and its result files appear once.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import starmap
@@ -61,10 +64,12 @@ from orgsyncd.store.importer import (
     Plan,
     Planner,
     PlanRequest,
+    ResultLine,
     create_staging,
     drop_staging,
     load_staging,
     result_lines,
+    spooled,
 )
 from orgsyncd.store.jobs import (
     QUEUED,
@@ -431,17 +436,24 @@ class JobRunner:
                 before = seats_in_use(conn, job.tenant_id)
                 after = before
                 audit: dict[str, int] = {}
+                written = False
                 if plan.holds:
                     self._write_plan(conn, run, request, summary)
                 else:
                     audit["audit_from"] = last_audit_id(conn) + 1
                     run.tracker.phase_started("applying")
-                    Applier(conn, request).apply(plan.counts)
+                    if conn.dialect.name == "postgresql":
+                        self._apply_writing_results(conn, run, request, plan, summary, staged)
+                        written = True
+                    else:
+                        Applier(conn, request).apply(plan.counts)
                     audit["audit_to"] = last_audit_id(conn)
                     after = seats_in_use(conn, job.tenant_id)
                 faults.checkpoint("after_apply")
-                run.tracker.phase_started("writing_results", staged.rows)
-                self._write_results(run, summary, staged, conn, plan.default_outcome, plan.holds)
+                if not written:
+                    run.tracker.phase_started("writing_results", staged.rows)
+                    lines = result_lines(conn, plan.default_outcome)
+                    self._write_results(run, summary, staged, lines, plan.default_outcome, plan.holds)
                 issues = [*_file_issue_groups(staged.layout.warnings), *plan_issues(conn)]
                 self._write_report(run, summary, _seat_rows(run.tenant, before, after), issues, plan)
                 self._finish(
@@ -463,6 +475,27 @@ class JobRunner:
             conn.commit()
         faults.checkpoint("after_commit")
         return summary
+
+    def _apply_writing_results(
+        self, conn: Connection, run: _Run, request: PlanRequest, plan: Plan, summary: Summary, staged: Staged
+    ) -> None:
+        """PostgreSQL: the server applies the plan while this process writes the results file.
+        Each would otherwise wait for the other (the apply is the server's work, the results are
+        Python's), and the results follow from the plan alone, which the apply does not change:
+        its result lines are copied to a scratch file first, then the apply runs in a thread on
+        this connection (nothing else uses it meanwhile). Either failing fails the job, as before;
+        nothing is committed until both are done."""
+        lines = spooled(result_lines(conn, plan.default_outcome), run.dirs.spool)
+        context = contextvars.copy_context()  # the job's log context, in the apply thread too
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply") as pool:
+            applying = pool.submit(context.run, Applier(conn, request).apply, plan.counts)
+            try:
+                run.tracker.phase_started("writing_results", staged.rows)
+                self._write_results(run, summary, staged, lines, plan.default_outcome, plan.holds)
+            finally:
+                futures.wait([applying])  # the connection is free again only once the apply ends
+                lines.close()
+        applying.result()
 
     def _check_claim(self, conn: Connection, run: _Run) -> None:
         status, token, instance = self.jobs.claim_of(conn, run.job.id)
@@ -582,14 +615,14 @@ class JobRunner:
         run: _Run,
         summary: Summary,
         staged: Staged,
-        conn: Connection,
+        result: Generator[ResultLine, None, None],
         default: str,
         holds: list[guards.Hold],
     ) -> None:
         layout = staged.layout
         csv_tmp, json_tmp = self.tmp_paths(run.dirs, run.job.id, run.token)
         issues = [Issue("error", hold.code, hold.message) for hold in holds] + list(layout.warnings)
-        with atomic_text(csv_tmp) as out, contextlib.closing(result_lines(conn, default)) as lines:
+        with atomic_text(csv_tmp) as out, contextlib.closing(result) as lines:
             writer = ResultsWriter(out, layout.names, _newline(run))
             writer.issues(issues)
             if layout.row >= 0 or writer.drop:  # a results file uploaded again

@@ -8,12 +8,15 @@ applying run in one transaction: the caller commits it or rolls it back as a who
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from sqlalchemy import Connection, text
 
@@ -982,9 +985,10 @@ _AUDIT_MEMBERSHIP = (
 )
 
 
-def result_lines(
-    conn: Connection, default: str
-) -> Generator[tuple[int, str, str | None, str | None], None, None]:
+ResultLine = tuple[int, str, str | None, str | None]
+
+
+def result_lines(conn: Connection, default: str) -> Generator[ResultLine, None, None]:
     """(line, outcome, code, message) in file order, streamed, for the rows whose outcome is not
     ``default`` (``Plan.default_outcome``) or that carry a code; a staged line that is not listed
     has outcome ``default`` and no code."""
@@ -1000,3 +1004,26 @@ def result_lines(
         return
     # sqlite3 cursors step lazily; skipping SQLAlchemy's row objects saves a quarter of the time.
     yield from conn.connection.driver_connection.execute(query)  # type: ignore[union-attr]
+
+
+def spooled(lines: Generator[ResultLine, None, None], directory: Path) -> Generator[ResultLine, None, None]:
+    """``lines`` read to the end now, into an unnamed scratch file in ``directory`` (a batch of
+    JSON a line, so memory does not grow with the file), and given back from there: the
+    database connection is free once this returns."""
+    scratch = tempfile.TemporaryFile("w+", encoding="utf-8", dir=directory)  # noqa: SIM115 (closed by _unspool)
+    try:
+        with contextlib.closing(lines):
+            while batch := list(islice(lines, BATCH)):
+                scratch.write(json.dumps(batch, ensure_ascii=False) + "\n")
+        scratch.seek(0)
+    except BaseException:
+        scratch.close()
+        raise
+    return _unspool(scratch)
+
+
+def _unspool(scratch: IO[str]) -> Generator[ResultLine, None, None]:
+    with scratch:
+        for batch in scratch:
+            for line, outcome, code, message in json.loads(batch):  # noqa: UP028 (lists -> tuples)
+                yield line, outcome, code, message
