@@ -101,7 +101,7 @@ def database_unavailable(exc: BaseException) -> str | None:
     not use up its attempts on that. Only a start-up, which has never connected, fails on it."""
     if isinstance(exc, DatabaseRefused):  # that start-up's verdict: not to be waited out
         return None
-    for err in _chain(exc):
+    for err in exception_chain(exc):
         if isinstance(err, DatabaseUnavailable):
             return err.reason
         if isinstance(err, DBAPIError) and err.connection_invalidated:
@@ -114,13 +114,13 @@ def database_unavailable(exc: BaseException) -> str | None:
 def database_refused(exc: BaseException) -> str | None:
     """Why the server refused ``database_url`` (a wrong password, an unknown role or database),
     when that is what *exc* (or an exception it came from) says; None for any other error."""
-    for err in _chain(exc):
+    for err in exception_chain(exc):
         if _is_refusal(err):
             return _first_line(err)
     return None
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """*exc* and what it came from (causes, contexts, a DBAPIError's driver error), each once."""
     seen: set[int] = set()
     found: list[BaseException] = []

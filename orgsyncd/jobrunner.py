@@ -40,7 +40,7 @@ from orgsyncd.core.report import HeldPlan, IssueGroup, ReportData, SeatUsage, re
 from orgsyncd.core.results import ResultsWriter, Summary, empty_counts, summary_status, write_json
 from orgsyncd.core.rows import RowRules, RowValidator, roster_rows
 from orgsyncd.core.workbook import is_workbook_name
-from orgsyncd.dbhealth import database_unavailable
+from orgsyncd.dbhealth import database_unavailable, exception_chain
 from orgsyncd.errors import FileRejected, LeaseLost, OrgsyncError
 from orgsyncd.heartbeat import Heartbeat
 from orgsyncd.jobprogress import JobProgress, progress_path
@@ -818,18 +818,11 @@ _STORAGE_WORDS = (
 def storage_trouble(exc: BaseException) -> str | None:
     """What is wrong with the storage, when that is why ``exc`` happened: a full or read-only disk
     under the data directory (an OSError), or under SQLite's or PostgreSQL's files."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
+    for err in exception_chain(exc):
         if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
             return f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror)
         if getattr(err, "sqlstate", None) == "53100" or any(w in str(err) for w in _STORAGE_WORDS):
             return str(err).splitlines()[0]
-        todo += [err.__cause__, err.__context__, getattr(err, "orig", None)]
     return None
 
 
